@@ -1,0 +1,281 @@
+"""Fan-out: one :class:`Channel` per topic instance, any number of :class:`Subscriber`\\ s.
+
+The hot path is ``Channel.publish``: the event is encoded to ``bytes`` once and the
+same object is offered to every subscriber. ``offer`` never awaits and never
+blocks: it appends to a bounded per-subscriber queue and wakes that subscriber's
+writer, which drains everything queued in one send. When a queue is full the
+topic's slow-consumer policy decides:
+
+- ``disconnect`` (default): the subscriber is aborted; its browser reconnects
+  with ``Last-Event-ID`` and resumes from the replay ring.
+- ``drop_oldest``: the oldest queued events make room for the new one.
+- ``latest``: the queue holds only the newest event (conflation, for tickers).
+
+A writer blocked in a send for longer than the send deadline is aborted by the
+:class:`Housekeeper`, which also sends heartbeat comments to idle subscribers.
+Nothing here knows about HTTP: a subscriber is given an ``abort`` callback by
+whoever owns its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from gateway import sse
+
+HEARTBEAT: Final = sse.encode_comment()
+
+
+class Policy(Enum):
+    DISCONNECT = "disconnect"
+    DROP_OLDEST = "drop_oldest"
+    LATEST = "latest"
+
+
+class CloseReason(Enum):
+    CLIENT_GONE = "client_gone"
+    SLOW_CONSUMER = "slow_consumer"
+    SEND_TIMEOUT = "send_timeout"
+    TOPIC_CLOSED = "topic_closed"
+    SHUTDOWN = "shutdown"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    max_events: int
+    max_bytes: int
+    policy: Policy
+
+
+class Subscriber:
+    """One downstream stream: a bounded queue of encoded frames and the state its
+    writer and the housekeeper share. Created by the stream handler, attached to
+    one or more channels."""
+
+    __slots__ = (
+        "_abort",
+        "_waiter",
+        "beat_interval_s",
+        "close_reason",
+        "closed",
+        "dropped",
+        "last_write_at",
+        "limits",
+        "queue",
+        "queued_bytes",
+        "sending_since",
+        "sent_bytes",
+        "sent_events",
+    )
+
+    def __init__(self, limits: QueueLimits, *, beat_interval_s: float) -> None:
+        self.limits = limits
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.closed = False
+        self.close_reason: CloseReason | None = None
+        self.dropped = 0
+        self.sent_events = 0
+        self.sent_bytes = 0
+        self.beat_interval_s = beat_interval_s
+        self.last_write_at = time.monotonic()
+        self.sending_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._abort: Callable[[], None] | None = None
+
+    def set_abort(self, abort: Callable[[], None]) -> None:
+        """How to tear the connection down when the subscriber must go at once
+        (slow consumer, send deadline): the owner of the connection knows."""
+        self._abort = abort
+
+    def offer(self, frame: bytes) -> None:
+        """Queue one encoded frame. Never awaits; applies the slow-consumer policy."""
+        if self.closed:
+            return
+        queue = self.queue
+        size = len(frame)
+        limits = self.limits
+        if limits.policy is Policy.LATEST:
+            if queue:  # conflate: only the newest event waits
+                self.dropped += len(queue)
+                queue.clear()
+                self.queued_bytes = 0
+        elif len(queue) >= limits.max_events or self.queued_bytes + size > limits.max_bytes:
+            if limits.policy is Policy.DISCONNECT:
+                self.abort(CloseReason.SLOW_CONSUMER)
+                return
+            while queue and (
+                len(queue) >= limits.max_events or self.queued_bytes + size > limits.max_bytes
+            ):
+                self.queued_bytes -= len(queue.popleft())
+                self.dropped += 1
+        queue.append(frame)
+        self.queued_bytes += size
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def offer_heartbeat(self) -> None:
+        """A comment for an idle stream; skipped when anything is already queued."""
+        if not self.queue and not self.sending_since and not self.closed:
+            self.queue.append(HEARTBEAT)
+            self.queued_bytes += len(HEARTBEAT)
+            self._wake()
+
+    def take(self) -> bytes:
+        """Everything queued, as one buffer for one send."""
+        queue = self.queue
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        self.sent_events += len(queue)
+        queue.clear()
+        self.queued_bytes = 0
+        return data
+
+    async def wait(self) -> None:
+        """Until something is queued or the subscriber is closed."""
+        if self.queue or self.closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        await waiter
+
+    def close(self, reason: CloseReason) -> None:
+        """End the stream after what is queued has been written."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._wake()
+
+    def abort(self, reason: CloseReason) -> None:
+        """End the stream now, dropping what is queued (the client resumes with
+        ``Last-Event-ID``)."""
+        if self.closed:
+            return
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.close(reason)
+        if self._abort is not None:
+            self._abort()
+
+
+class Channel:
+    """One topic instance: its subscribers and the last upstream event id."""
+
+    __slots__ = ("last_event_id", "name", "path", "published", "subscribers")
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        self.subscribers: dict[Subscriber, None] = {}
+        self.last_event_id = ""
+        self.published = 0
+
+    def __repr__(self) -> str:
+        return f"Channel({self.path!r}, subscribers={len(self.subscribers)})"
+
+    def add(self, subscriber: Subscriber) -> None:
+        self.subscribers[subscriber] = None
+
+    def remove(self, subscriber: Subscriber) -> None:
+        self.subscribers.pop(subscriber, None)
+
+    def publish_event(self, event: sse.Event) -> None:
+        """Fan one parsed upstream event out to every subscriber, encoded once."""
+        frame = sse.encode_event(
+            event.data,
+            type=event.type,
+            id=event.id if event.id_field else None,
+        )
+        self.last_event_id = event.id
+        self.publish_frame(frame)
+
+    def publish_id(self, event_id: str) -> None:
+        """An id-only block moves every browser's ``lastEventId``."""
+        self.last_event_id = event_id
+        self.publish_frame(sse.encode_id_only(event_id))
+
+    def publish_frame(self, frame: bytes) -> None:
+        self.published += 1
+        for subscriber in self.subscribers:
+            subscriber.offer(frame)
+
+    def close_all(self, reason: CloseReason) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.close(reason)
+
+
+class Housekeeper:
+    """One periodic sweep over all live subscribers of a worker: heartbeats for
+    idle streams and the send deadline. One timer for everybody is cheaper than
+    a timer per stream, and the sweep is O(subscribers) once per tick."""
+
+    def __init__(
+        self,
+        *,
+        send_timeout_s: float,
+        tick_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.send_timeout_s = send_timeout_s
+        self.tick_s = tick_s
+        self.clock = clock
+        self.subscribers: dict[Subscriber, None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, subscriber: Subscriber) -> None:
+        self.subscribers[subscriber] = None
+
+    def unregister(self, subscriber: Subscriber) -> None:
+        self.subscribers.pop(subscriber, None)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self.sweep()
+
+    def sweep(self) -> None:
+        now = self.clock()
+        deadline = now - self.send_timeout_s
+        for subscriber in list(self.subscribers):
+            sending_since = subscriber.sending_since
+            if sending_since and sending_since < deadline:
+                subscriber.abort(CloseReason.SEND_TIMEOUT)
+            elif now - subscriber.last_write_at >= subscriber.beat_interval_s:
+                subscriber.offer_heartbeat()
+
+
+def jittered(value: float, spread: float = 0.2) -> float:
+    """``value`` moved by up to ±``spread``/2, so that timers set at the same
+    moment (a restart, a reconnect storm) do not stay in lockstep."""
+    return value * (1.0 - spread / 2 + random.random() * spread)
+
+
+def close_channels(channels: Iterable[Channel], reason: CloseReason) -> None:
+    for channel in channels:
+        channel.close_all(reason)

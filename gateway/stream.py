@@ -1,0 +1,123 @@
+"""The downstream side of one SSE response: headers, first bytes, the writer
+loop that drains a :class:`Subscriber`, and cleanup.
+
+The writer is the request's own ASGI task; a second, tiny task waits for
+``http.disconnect`` (hypercorn makes sends after a disconnect silent no-ops, so
+without it a vanished client would be noticed only when heartbeats fail).
+Aborts (slow consumer, send deadline) come from other tasks: they tear the
+connection down through :mod:`gateway.hyperglue` and cancel the writer, which
+may be blocked in a send that will never complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from gateway import sse
+from gateway.asgi import Headers, Receive, Scope, Send
+from gateway.hub import CloseReason, Housekeeper, Subscriber
+from gateway.hyperglue import connection_of
+
+log = logging.getLogger("gateway.stream")
+
+
+def stream_headers(scope: Scope) -> Headers:
+    headers: Headers = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        # no-transform: intermediaries must not compress (compression buffers).
+        (b"cache-control", b"no-cache, no-transform"),
+        (b"x-accel-buffering", b"no"),
+    ]
+    if scope.get("http_version") == "1.1":
+        headers.append((b"connection", b"keep-alive"))
+    return headers
+
+
+def first_bytes(retry_min_ms: int, retry_max_ms: int) -> bytes:
+    """A comment so that ``open`` fires at once, and a per-connection jittered
+    ``retry:`` so that clients dropped together do not return together."""
+    retry_ms = random.randint(retry_min_ms, retry_max_ms)
+    return b": ok\n" + sse.encode_retry(retry_ms)
+
+
+async def run_stream(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    subscriber: Subscriber,
+    housekeeper: Housekeeper,
+    prelude: bytes,
+    user_timeout_s: float,
+    on_close: Callable[[], None],
+) -> None:
+    """Serve ``subscriber`` until it is closed, the client leaves or an abort.
+    ``on_close`` runs exactly once, synchronously, as soon as the stream ends,
+    to detach the subscriber from its channels."""
+    task = asyncio.current_task()
+    assert task is not None
+    connection = connection_of(send)
+
+    def abort() -> None:
+        if connection is not None:
+            connection.abort()
+        task.cancel()
+
+    subscriber.set_abort(abort)
+    if connection is not None:
+        connection.set_user_timeout(user_timeout_s)
+    housekeeper.register(subscriber)
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscriber))
+    started = time.monotonic()
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
+        await send({"type": "http.response.body", "body": prelude, "more_body": True})
+        subscriber.last_write_at = time.monotonic()
+        await _drain(subscriber, send)
+        if subscriber.close_reason is not CloseReason.CLIENT_GONE:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not subscriber.closed:
+            raise  # not our abort: the server is cancelling us
+    finally:
+        housekeeper.unregister(subscriber)
+        subscriber.close(CloseReason.ERROR)
+        on_close()
+        watcher.cancel()
+        log.debug(
+            "stream closed path=%s reason=%s events=%d bytes=%d duration_s=%.3f",
+            scope["path"],
+            subscriber.close_reason.value if subscriber.close_reason else "?",
+            subscriber.sent_events,
+            subscriber.sent_bytes,
+            time.monotonic() - started,
+        )
+
+
+async def _drain(subscriber: Subscriber, send: Send) -> None:
+    """Write whatever is queued, all of it in one send, until closed."""
+    while True:
+        await subscriber.wait()
+        if subscriber.queue:
+            data = subscriber.take()
+            subscriber.sending_since = time.monotonic()
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            subscriber.last_write_at = time.monotonic()
+            subscriber.sending_since = 0.0
+            subscriber.sent_bytes += len(data)
+        elif subscriber.closed:
+            return
+
+
+async def _watch_disconnect(receive: Receive, subscriber: Subscriber) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                subscriber.close(CloseReason.CLIENT_GONE)
+                return

@@ -1,0 +1,34 @@
+"""Reusable pieces for end-to-end tests of the gateway, all on real loopback sockets.
+
+* :mod:`upstream` -- :class:`~upstream.FakeUpstream`, an SSE origin server the test drives.
+* :mod:`clients` -- :func:`~clients.open_sse` (httpx-based, parsed) and
+  :class:`~clients.RawSSEClient` (raw socket, exact wire bytes, misbehaving clients).
+* :mod:`gateway` -- :class:`~gateway.GatewayProcess`, the real gateway as a subprocess.
+
+``tests/`` is not a package (it has no ``__init__.py``), so pytest puts ``tests/`` itself on
+``sys.path`` and test modules import these as ``from support.upstream import FakeUpstream``.
+The modules here import each other relatively, so they work under either spelling.
+"""
+
+from __future__ import annotations
+
+from .clients import ParsedEvent, RawSSEClient, SSEParser, SSEStream, StreamEnded, open_sse, request
+from .gateway import GatewayProcess, GatewayStartError
+from .upstream import FakeUpstream, UpstreamConnection, UpstreamEvent, encode_event, frame_chunk
+
+__all__ = [
+    "FakeUpstream",
+    "GatewayProcess",
+    "GatewayStartError",
+    "ParsedEvent",
+    "RawSSEClient",
+    "SSEParser",
+    "SSEStream",
+    "StreamEnded",
+    "UpstreamConnection",
+    "UpstreamEvent",
+    "encode_event",
+    "frame_chunk",
+    "open_sse",
+    "request",
+]

@@ -1,0 +1,152 @@
+"""The fan-out core, exercised directly: queue bounds, policies, one encoding."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway import sse
+from gateway.hub import (
+    HEARTBEAT,
+    Channel,
+    CloseReason,
+    Housekeeper,
+    Policy,
+    QueueLimits,
+    Subscriber,
+)
+
+
+def make(policy: Policy, max_events: int = 3, max_bytes: int = 1 << 20) -> Subscriber:
+    return Subscriber(QueueLimits(max_events, max_bytes, policy), beat_interval_s=15.0)
+
+
+def event(n: int) -> sse.Event:
+    return sse.Event(data=f"e{n}", id=str(n), id_field=True)
+
+
+def test_publish_encodes_once_and_shares_the_bytes() -> None:
+    channel = Channel("t", "/t")
+    subs = [make(Policy.DISCONNECT) for _ in range(3)]
+    for sub in subs:
+        channel.add(sub)
+    channel.publish_event(event(1))
+    frames = [sub.queue[0] for sub in subs]
+    assert frames[0] == b"id: 1\ndata: e1\n\n"
+    assert frames[0] is frames[1] is frames[2]
+    assert channel.last_event_id == "1"
+
+
+def test_event_without_own_id_is_sent_without_id_field() -> None:
+    channel = Channel("t", "/t")
+    sub = make(Policy.DISCONNECT)
+    channel.add(sub)
+    channel.publish_event(sse.Event(data="x", id="7", id_field=False))
+    assert sub.take() == b"data: x\n\n"
+    assert channel.last_event_id == "7"
+
+
+def test_take_drains_everything_in_one_buffer() -> None:
+    sub = make(Policy.DISCONNECT, max_events=10)
+    for n in range(4):
+        sub.offer(f"f{n};".encode())
+    assert sub.take() == b"f0;f1;f2;f3;"
+    assert not sub.queue
+    assert sub.queued_bytes == 0
+    assert sub.sent_events == 4
+
+
+def test_disconnect_policy_aborts_on_overflow() -> None:
+    aborted: list[bool] = []
+    sub = make(Policy.DISCONNECT, max_events=2)
+    sub.set_abort(lambda: aborted.append(True))
+    sub.offer(b"a")
+    sub.offer(b"b")
+    assert not sub.closed
+    sub.offer(b"c")
+    assert sub.closed
+    assert sub.close_reason is CloseReason.SLOW_CONSUMER
+    assert aborted == [True]
+    assert not sub.queue
+    sub.offer(b"d")  # ignored once closed
+    assert not sub.queue
+
+
+def test_disconnect_policy_counts_bytes_too() -> None:
+    sub = make(Policy.DISCONNECT, max_events=100, max_bytes=10)
+    sub.offer(b"123456")
+    sub.offer(b"1234")
+    assert not sub.closed
+    sub.offer(b"1")
+    assert sub.close_reason is CloseReason.SLOW_CONSUMER
+
+
+def test_drop_oldest_keeps_the_newest_events() -> None:
+    sub = make(Policy.DROP_OLDEST, max_events=3)
+    for n in range(6):
+        sub.offer(f"{n}".encode())
+    assert list(sub.queue) == [b"3", b"4", b"5"]
+    assert sub.dropped == 3
+    assert not sub.closed
+
+
+def test_drop_oldest_by_bytes() -> None:
+    sub = make(Policy.DROP_OLDEST, max_events=100, max_bytes=10)
+    sub.offer(b"aaaa")
+    sub.offer(b"bbbb")
+    sub.offer(b"cccc")
+    assert list(sub.queue) == [b"bbbb", b"cccc"]
+    assert sub.queued_bytes == 8
+
+
+def test_latest_keeps_only_the_newest() -> None:
+    sub = make(Policy.LATEST, max_events=20)  # the queue bound does not matter
+    for n in range(5):
+        sub.offer(f"{n}".encode())
+    assert list(sub.queue) == [b"4"]
+    assert sub.dropped == 4
+
+
+async def test_wait_wakes_on_offer_and_close() -> None:
+    sub = make(Policy.DISCONNECT)
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    sub.offer(b"x")
+    await asyncio.wait_for(waiter, 1)
+    sub.take()
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    sub.close(CloseReason.CLIENT_GONE)
+    await asyncio.wait_for(waiter, 1)
+
+
+def test_housekeeper_beats_idle_and_aborts_stuck_senders() -> None:
+    now = [1000.0]
+    keeper = Housekeeper(send_timeout_s=5.0, clock=lambda: now[0])
+    idle, busy, stuck = (make(Policy.DISCONNECT) for _ in range(3))
+    for sub in (idle, busy, stuck):
+        sub.last_write_at = 990.0
+        keeper.register(sub)
+    busy.offer(b"queued")
+    stuck.sending_since = 994.0
+    aborted: list[str] = []
+    stuck.set_abort(lambda: aborted.append("stuck"))
+    keeper.sweep()  # 10 s idle < 15 s beat interval; stuck only 6 s > 5 s deadline
+    assert not idle.queue
+    assert aborted == ["stuck"]
+    assert stuck.close_reason is CloseReason.SEND_TIMEOUT
+    now[0] = 1006.0
+    keeper.sweep()
+    assert list(idle.queue) == [HEARTBEAT]
+    assert list(busy.queue) == [b"queued"]  # something is already on its way
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_closed_subscriber_is_never_written(policy: Policy) -> None:
+    sub = make(policy)
+    sub.close(CloseReason.SHUTDOWN)
+    sub.offer(b"x")
+    sub.offer_heartbeat()
+    assert not sub.queue
