@@ -1,9 +1,10 @@
 """The fake upstream, checked against independent clients (httpx itself and raw sockets).
 
 Gateway tests trust FakeUpstream to put exactly the requested bytes on the wire and to observe
-connections faithfully; these tests hold it to that without involving the gateway. Every test
-that takes only the ``upstream`` fixture also runs again on uvloop (``test_on_uvloop``), and
-the fixture fails a test that leaves a task behind or lets an error reach the event loop.
+connections faithfully; these tests hold it to that without involving the gateway. Async tests
+run on uvloop (conftest.py); every test that takes only the ``upstream`` fixture runs again on
+the stdlib loop (``test_on_stdlib_asyncio``), and this module's ``upstream`` fixture fails a
+test that leaves a task behind or lets an error reach the event loop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvloop
 import yaml
 
 from tests.support.clients import (
@@ -461,7 +461,8 @@ async def test_stream_client_reports_early_end(upstream: FakeUpstream) -> None:
         assert stream.events == [ParsedEvent("only one")]
 
 
-# Every test above that needs nothing but the upstream runs again on uvloop.
+# conftest.py runs every async test on uvloop; the tests above that need nothing but the
+# upstream run again on the stdlib selector loop, so the support code is proven on both.
 UPSTREAM_CASES: list[Callable[[FakeUpstream], Awaitable[None]]] = [
     test_published_event_bytes_through_httpx,
     test_wire_framing_seen_by_raw_client,
@@ -490,13 +491,13 @@ UPSTREAM_CASES: list[Callable[[FakeUpstream], Awaitable[None]]] = [
 
 
 @pytest.mark.parametrize("case", UPSTREAM_CASES, ids=lambda case: case.__name__)
-def test_on_uvloop(case: Callable[[FakeUpstream], Awaitable[None]]) -> None:
+def test_on_stdlib_asyncio(case: Callable[[FakeUpstream], Awaitable[None]]) -> None:
     async def scenario() -> None:
         async with running_upstream() as up:
             await case(up)
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert type(runner.get_loop()).__module__.startswith("uvloop")
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        assert type(runner.get_loop()).__module__.startswith("asyncio")
         runner.run(scenario())
 
 
@@ -639,6 +640,6 @@ async def test_gateway_process_escalates_to_sigkill(tmp_path: Path) -> None:
     assert "clean shutdown" not in gateway.log_text()
 
 
-def test_gateway_process_on_uvloop(tmp_path: Path) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+def test_gateway_process_on_stdlib_asyncio(tmp_path: Path) -> None:
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         runner.run(test_gateway_process_start_stop_restart(tmp_path))

@@ -5,9 +5,9 @@
   :class:`~clients.RawSSEClient` (raw socket, exact wire bytes, misbehaving clients).
 * :mod:`gateway` -- :class:`~gateway.GatewayProcess`, the real gateway as a subprocess.
 
-``tests/`` is not a package (it has no ``__init__.py``), so pytest puts ``tests/`` itself on
-``sys.path`` and test modules import these as ``from support.upstream import FakeUpstream``.
-The modules here import each other relatively, so they work under either spelling.
+Import them as ``from tests.support.upstream import FakeUpstream`` (``tests`` is a namespace
+package found through the working directory, hence ``python -m pytest`` from the repository
+root). The modules here import each other relatively, so they do not depend on that spelling.
 """
 
 from __future__ import annotations

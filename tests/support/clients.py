@@ -11,9 +11,6 @@ The SSE parser here is deliberately self-contained (it does not import ``gateway
 tests check the gateway's encoder against an independent reading of the WHATWG rules.
 """
 
-# ruff: noqa: ASYNC109 -- the wait/read APIs take a ``timeout`` on purpose (tests read better
-# with ``await s.wait_events(3, timeout=5)``); each is implemented with asyncio.timeout().
-
 from __future__ import annotations
 
 import asyncio

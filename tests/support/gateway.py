@@ -6,9 +6,6 @@ first and hands it over as ``fd://N``, so the port is known before the child sta
 other process can take it in between.
 """
 
-# ruff: noqa: ASYNC109 -- the wait APIs take a ``timeout`` on purpose (tests read better with
-# ``await gw.stop(timeout=5)``); each is implemented with asyncio.timeout().
-
 from __future__ import annotations
 
 import asyncio

@@ -10,9 +10,6 @@ It runs inside the test's own event loop (the gateway is another process), so ev
 plain call from the loop thread and no thread synchronisation is needed.
 """
 
-# ruff: noqa: ASYNC109 -- the wait APIs take a ``timeout`` on purpose (tests read better with
-# ``await up.wait_closed("/t", timeout=5)``); each is implemented with asyncio.timeout().
-
 from __future__ import annotations
 
 import asyncio
