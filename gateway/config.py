@@ -14,6 +14,11 @@ Schema (every key is optional unless marked *required*; defaults shown)::
       queue_max_events: 1000       # >= 1, per client
       queue_max_bytes: 1048576     # >= 1024, per client
       policy: disconnect           # slow client: disconnect | drop_oldest | latest
+      max_topics_per_connection: 20  # 1..100, topics on one multiplexed /events stream
+    replay:                        # per topic instance ring of recent events, for resume
+      max_events: 1000             # >= 0 (0: no replay)
+      max_bytes: 4194304           # >= 0
+      max_age_s: 3600.0            # >= 0
     upstream:                      # the backend side
       connect_timeout_s: 10.0      # > 0
       stall_timeout_s: 60.0        # > 0
@@ -35,6 +40,7 @@ Schema (every key is optional unless marked *required*; defaults shown)::
         queue_max_events: null     # null: use stream.queue_max_events
         queue_max_bytes: null      # null: use stream.queue_max_bytes
         stall_timeout_s: null      # null: use upstream.stall_timeout_s
+        replay: null               # null: use the top-level replay section
 
 Types are strict: ``"15"`` is not an integer and ``1`` or ``"true"`` is not a boolean, because
 a silently coerced typo is worse than a start-up error. An integer is accepted where a number is
@@ -98,6 +104,7 @@ __all__ = [
     "FrozenDict",
     "GatewayConfig",
     "Policy",
+    "ReplayConfig",
     "Segment",
     "ServerConfig",
     "StreamConfig",
@@ -408,6 +415,7 @@ class StreamConfig(_Model):
     queue_max_events: StrictInt = Field(1000, ge=1)
     queue_max_bytes: StrictInt = Field(1048576, ge=1024)
     policy: Policy = "disconnect"
+    max_topics_per_connection: StrictInt = Field(20, ge=1, le=100)
 
     @field_validator("retry_max_ms")
     @classmethod
@@ -437,6 +445,14 @@ class UpstreamConfig(_Model):
         return _not_below(value, info, "max_line_bytes")
 
 
+class ReplayConfig(_Model):
+    """The replay ring of each topic instance: what a reconnecting client can get back."""
+
+    max_events: StrictInt = Field(1000, ge=0)
+    max_bytes: StrictInt = Field(4194304, ge=0)
+    max_age_s: StrictFloat = Field(3600.0, ge=0)
+
+
 class TopicConfig(_Model):
     """One public path (maybe templated) and the upstream SSE URL it fans out."""
 
@@ -452,6 +468,7 @@ class TopicConfig(_Model):
     queue_max_events: StrictInt | None = Field(None, ge=1)
     queue_max_bytes: StrictInt | None = Field(None, ge=1024)
     stall_timeout_s: StrictFloat | None = Field(None, gt=0)
+    replay: ReplayConfig | None = None
 
     # The cross-field checks below read `path` from info.data, which holds it only if it is
     # valid; they still run when unrelated fields are broken, so all problems surface at once.
@@ -557,6 +574,7 @@ class GatewayConfig(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
     topics: NonEmpty[tuple[TopicConfig, ...]]
 
     @field_validator("topics", mode="wrap")
