@@ -1,23 +1,27 @@
 """The ASGI application: routes, topic streams, lifespan.
 
 Routes:
-    GET /healthz        alive
-    GET /readyz         started (lifespan complete) and not shutting down
-    GET /               the demo page, when the app was built with one
-    GET <topic path>    the event stream of one topic instance
+    GET /healthz                       alive
+    GET /readyz                        started (lifespan complete) and not shutting down
+    GET /                              the demo page, when the app was built with one
+    GET <topic path>                   the event stream of one topic instance
+    GET /events?topic=/a&topic=/b      several topics multiplexed on one stream
+Resume with ``Last-Event-ID`` or ``?last_event_id=`` (the header wins).
 Anything else is a plain-text 404; methods other than GET/HEAD/OPTIONS are 405.
 """
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 
 import httpx
 
-from gateway.asgi import Receive, Scope, Send, respond
+from gateway.asgi import Receive, Scope, Send, header, respond
+from gateway.channel import attach_multiplexed
 from gateway.config import GatewayConfig
-from gateway.errors import HTTPError, MethodNotAllowed
-from gateway.hub import CloseReason, Housekeeper, Subscriber, jittered
+from gateway.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
+from gateway.hub import CloseReason, Housekeeper, Policy, QueueLimits, Subscriber, jittered
 from gateway.registry import Registry
 from gateway.stream import first_bytes, run_stream, stream_headers
 from gateway.topics import TopicInstance
@@ -25,6 +29,8 @@ from gateway.topics import TopicInstance
 log = logging.getLogger("gateway.app")
 
 ALLOW = b"GET, HEAD, OPTIONS"
+# Longer than any cursor the gateway hands out, so it resolves to a gap.
+MALFORMED_CURSOR = "~malformed" + "~" * 200
 # A vanished peer (no FIN) is noticed when heartbeat data stays unacknowledged
 # this much longer than one heartbeat period.
 USER_TIMEOUT_MARGIN_S = 15.0
@@ -124,31 +130,72 @@ class GatewayApp:
             return
         registry = self.registry
         assert registry is not None, "request before lifespan startup"
-        instance = registry.router.resolve(scope["raw_path"].decode("latin-1"))
+        query = parse_query(scope["query_string"])
+        if path == "/events":
+            instances = self._multiplexed_topics(registry, query)
+        else:
+            instances = [registry.router.resolve(scope["raw_path"].decode("latin-1"))]
         if head:
             await send(
                 {"type": "http.response.start", "status": 200, "headers": stream_headers(scope)}
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        await self._serve_topic(scope, receive, send, registry, instance)
+        cursor = resume_cursor(scope, query)
+        await self._serve(scope, receive, send, registry, instances, cursor, mux=path == "/events")
 
-    async def _serve_topic(
+    def _multiplexed_topics(
+        self, registry: Registry, query: list[tuple[str, str]]
+    ) -> list[TopicInstance]:
+        paths = list(dict.fromkeys(value for key, value in query if key == "topic"))
+        if not paths:
+            raise BadRequest("name at least one topic: /events?topic=/a&topic=/b")
+        limit = self.config.stream.max_topics_per_connection
+        if len(paths) > limit:
+            raise BadRequest(f"too many topics: {len(paths)} (at most {limit} per connection)")
+        instances: dict[str, TopicInstance] = {}
+        for path in paths:
+            try:
+                instance = registry.router.resolve(path)
+            except NotFound:
+                raise NotFound(f"no such topic: {short(path)}") from None
+            instances.setdefault(instance.path, instance)
+        return list(instances.values())
+
+    async def _serve(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
         registry: Registry,
-        instance: TopicInstance,
+        instances: list[TopicInstance],
+        cursor: str | None,
+        *,
+        mux: bool,
     ) -> None:
-        live = registry.acquire(instance)
         stream = self.config.stream
-        subscriber = Subscriber(live.settings.queue, beat_interval_s=jittered(stream.heartbeat_s))
-        live.channel.add(subscriber)
+        lives = [registry.acquire(instance) for instance in instances]
+        if mux:
+            # Conflating one connection's queue would drop other topics' events.
+            policy = Policy(stream.policy)
+            limits = QueueLimits(
+                stream.queue_max_events,
+                stream.queue_max_bytes,
+                Policy.DROP_OLDEST if policy is Policy.LATEST else policy,
+            )
+        else:
+            limits = lives[0].settings.queue
+        subscriber = Subscriber(limits, beat_interval_s=jittered(stream.heartbeat_s))
+        prelude = [first_bytes(stream.retry_min_ms, stream.retry_max_ms)]
+        if mux:
+            prelude += attach_multiplexed([live.channel for live in lives], subscriber, cursor)
+        else:
+            prelude += lives[0].channel.attach(subscriber, cursor)
 
         def detach() -> None:
-            live.channel.remove(subscriber)
-            registry.release(live)
+            for live in lives:
+                live.channel.detach(subscriber)
+                registry.release(live)
 
         await run_stream(
             scope,
@@ -156,7 +203,42 @@ class GatewayApp:
             send,
             subscriber=subscriber,
             housekeeper=self.housekeeper,
-            prelude=first_bytes(stream.retry_min_ms, stream.retry_max_ms),
+            prelude=prelude,
             user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
             on_close=detach,
         )
+
+
+def parse_query(query_string: bytes) -> list[tuple[str, str]]:
+    # surrogateescape: invalid UTF-8 must reach the cursor check as "malformed",
+    # not fail the request.
+    return parse_qsl(
+        query_string.decode("latin-1"),
+        keep_blank_values=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
+
+
+def resume_cursor(scope: Scope, query: list[tuple[str, str]]) -> str | None:
+    """Where a reconnecting client left off. The header wins: a browser
+    reconnecting by itself sends it with the original URL, whose
+    ``last_event_id`` (set by a manual reconnect) may be older."""
+    raw = header(scope, b"last-event-id")
+    if raw is not None:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return MALFORMED_CURSOR
+    for key, value in query:
+        if key == "last_event_id":
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return MALFORMED_CURSOR
+            return value
+    return None
+
+
+def short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

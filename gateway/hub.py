@@ -1,9 +1,10 @@
-"""Fan-out: one :class:`Channel` per topic instance, any number of :class:`Subscriber`\\ s.
+"""Subscribers: the per-stream side of fan-out.
 
-The hot path is ``Channel.publish``: the event is encoded to ``bytes`` once and the
-same object is offered to every subscriber. ``offer`` never awaits and never
-blocks: it appends to a bounded per-subscriber queue and wakes that subscriber's
-writer, which drains everything queued in one send. When a queue is full the
+The hot path is :meth:`gateway.channel.Channel.publish_event`: the event is
+encoded to ``bytes`` once and the same object is offered to every
+:class:`Subscriber`. ``offer`` never awaits and never blocks: it appends to a
+bounded per-subscriber queue and wakes that subscriber's writer, which drains
+everything queued in one send. When a queue is full the
 topic's slow-consumer policy decides:
 
 - ``disconnect`` (default): the subscriber is aborted; its browser reconnects
@@ -24,7 +25,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -173,52 +174,6 @@ class Subscriber:
             self._abort()
 
 
-class Channel:
-    """One topic instance: its subscribers and the last upstream event id."""
-
-    __slots__ = ("last_event_id", "name", "path", "published", "subscribers")
-
-    def __init__(self, name: str, path: str) -> None:
-        self.name = name
-        self.path = path
-        self.subscribers: dict[Subscriber, None] = {}
-        self.last_event_id = ""
-        self.published = 0
-
-    def __repr__(self) -> str:
-        return f"Channel({self.path!r}, subscribers={len(self.subscribers)})"
-
-    def add(self, subscriber: Subscriber) -> None:
-        self.subscribers[subscriber] = None
-
-    def remove(self, subscriber: Subscriber) -> None:
-        self.subscribers.pop(subscriber, None)
-
-    def publish_event(self, event: sse.Event) -> None:
-        """Fan one parsed upstream event out to every subscriber, encoded once."""
-        frame = sse.encode_event(
-            event.data,
-            type=event.type,
-            id=event.id if event.id_field else None,
-        )
-        self.last_event_id = event.id
-        self.publish_frame(frame)
-
-    def publish_id(self, event_id: str) -> None:
-        """An id-only block moves every browser's ``lastEventId``."""
-        self.last_event_id = event_id
-        self.publish_frame(sse.encode_id_only(event_id))
-
-    def publish_frame(self, frame: bytes) -> None:
-        self.published += 1
-        for subscriber in self.subscribers:
-            subscriber.offer(frame)
-
-    def close_all(self, reason: CloseReason) -> None:
-        for subscriber in list(self.subscribers):
-            subscriber.close(reason)
-
-
 class Housekeeper:
     """One periodic sweep over all live subscribers of a worker: heartbeats for
     idle streams and the send deadline. One timer for everybody is cheaper than
@@ -274,8 +229,3 @@ def jittered(value: float, spread: float = 0.2) -> float:
     """``value`` moved by up to ±``spread``/2, so that timers set at the same
     moment (a restart, a reconnect storm) do not stay in lockstep."""
     return value * (1.0 - spread / 2 + random.random() * spread)
-
-
-def close_channels(channels: Iterable[Channel], reason: CloseReason) -> None:
-    for channel in channels:
-        channel.close_all(reason)

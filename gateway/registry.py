@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from gateway.channel import Channel
 from gateway.config import GatewayConfig, TopicConfig
-from gateway.hub import Channel, CloseReason, Policy, QueueLimits
+from gateway.hub import CloseReason, Policy, QueueLimits
 from gateway.logs import fields
+from gateway.ring import ReplayLimits, Sequence
 from gateway.topics import TopicInstance, TopicRouter
 from gateway.upstream import UpstreamSettings, UpstreamSubscription
 
@@ -28,6 +30,7 @@ class TopicSettings:
     """A topic's effective settings: its own keys over the global sections."""
 
     queue: QueueLimits
+    replay: ReplayLimits
     upstream: UpstreamSettings
     headers: dict[str, str]
     linger_s: float
@@ -49,8 +52,14 @@ def topic_settings(config: GatewayConfig, topic: TopicConfig) -> TopicSettings:
         max_line_bytes=upstream.max_line_bytes,
         max_event_bytes=upstream.max_event_bytes,
     )
+    replay_config = topic.replay or config.replay
+    replay = ReplayLimits(
+        max_events=replay_config.max_events,
+        max_bytes=replay_config.max_bytes,
+        max_age_s=replay_config.max_age_s,
+    )
     headers = {**upstream.headers, **topic.headers}
-    return TopicSettings(queue, settings, headers, topic.linger_s, topic.eager)
+    return TopicSettings(queue, replay, settings, headers, topic.linger_s, topic.eager)
 
 
 @dataclass(slots=True)
@@ -70,6 +79,7 @@ class Registry:
         self.client = client
         self.settings = {topic.name: topic_settings(config, topic) for topic in config.topics}
         self.live: dict[str, LiveTopic] = {}
+        self.sequence = Sequence()
         self._stopping: set[asyncio.Task[None]] = set()
 
     def start_eager(self) -> None:
@@ -97,7 +107,12 @@ class Registry:
         live = self.live.get(instance.path)
         if live is None:
             settings = self.settings[instance.topic.name]
-            channel = Channel(instance.topic.name, instance.path)
+            channel = Channel(
+                instance.topic.name,
+                instance.path,
+                sequence=self.sequence,
+                replay=settings.replay,
+            )
             upstream = UpstreamSubscription(
                 channel=channel,
                 url=instance.upstream_url,

@@ -25,6 +25,8 @@ from gateway.hyperglue import connection_of
 
 log = logging.getLogger("gateway.stream")
 
+REPLAY_BATCH_BYTES = 64 * 1024
+
 
 def stream_headers(scope: Scope) -> Headers:
     headers: Headers = [
@@ -52,7 +54,7 @@ async def run_stream(
     *,
     subscriber: Subscriber,
     housekeeper: Housekeeper,
-    prelude: bytes,
+    prelude: list[bytes],
     user_timeout_s: float,
     on_close: Callable[[], None],
 ) -> None:
@@ -76,7 +78,11 @@ async def run_stream(
     started = time.monotonic()
     try:
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
-        await send({"type": "http.response.body", "body": prelude, "more_body": True})
+        for batch in batched(prelude, REPLAY_BATCH_BYTES):
+            subscriber.sending_since = time.monotonic()
+            await send({"type": "http.response.body", "body": batch, "more_body": True})
+            subscriber.sent_bytes += len(batch)
+        subscriber.sending_since = 0.0
         subscriber.last_write_at = time.monotonic()
         await _drain(subscriber, send)
         if subscriber.close_reason is not CloseReason.CLIENT_GONE:
@@ -97,6 +103,23 @@ async def run_stream(
             subscriber.sent_bytes,
             time.monotonic() - started,
         )
+
+
+def batched(frames: list[bytes], limit: int) -> list[bytes]:
+    """Frames joined into sends of about ``limit`` bytes: a long replay is not
+    one huge write (the send deadline applies to each)."""
+    batches: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for frame in frames:
+        current.append(frame)
+        size += len(frame)
+        if size >= limit:
+            batches.append(b"".join(current))
+            current, size = [], 0
+    if current:
+        batches.append(b"".join(current))
+    return batches
 
 
 async def _drain(subscriber: Subscriber, send: Send) -> None:

@@ -27,7 +27,7 @@ from enum import Enum
 import httpx
 
 from gateway import sse
-from gateway.hub import Channel
+from gateway.channel import Channel
 from gateway.logs import fields, redact_url
 
 log = logging.getLogger("gateway.upstream")

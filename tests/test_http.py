@@ -46,7 +46,11 @@ async def test_stream_headers_and_first_bytes_on_http11(gateway: GatewayProcess)
         assert "content-length" not in headers
         assert "content-encoding" not in headers
         body = await client.read_until(b"\n\n\r\n", timeout=5)
-        match = re.fullmatch(rb"[0-9a-f]+\r\n: ok\nretry: (\d+)\n\n\r\n", bytes(body))
+        # a comment (so `open` fires), a jittered retry, and the position to
+        # resume from should the client reconnect before any event arrives
+        match = re.fullmatch(
+            rb"[0-9a-f]+\r\n: ok\nretry: (\d+)\n\nid: ~g[0-9a-f]{8}\.0\n\n\r\n", bytes(body)
+        )
         assert match, body
         assert 2000 <= int(match.group(1)) <= 4000
     finally:

@@ -1,4 +1,4 @@
-"""The fan-out core, exercised directly: queue bounds, policies, one encoding."""
+"""Subscribers, exercised directly: queue bounds, policies, heartbeats, deadline."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway import sse
 from gateway.hub import (
     HEARTBEAT,
-    Channel,
     CloseReason,
     Housekeeper,
     Policy,
@@ -20,31 +18,6 @@ from gateway.hub import (
 
 def make(policy: Policy, max_events: int = 3, max_bytes: int = 1 << 20) -> Subscriber:
     return Subscriber(QueueLimits(max_events, max_bytes, policy), beat_interval_s=15.0)
-
-
-def event(n: int) -> sse.Event:
-    return sse.Event(data=f"e{n}", id=str(n), id_field=True)
-
-
-def test_publish_encodes_once_and_shares_the_bytes() -> None:
-    channel = Channel("t", "/t")
-    subs = [make(Policy.DISCONNECT) for _ in range(3)]
-    for sub in subs:
-        channel.add(sub)
-    channel.publish_event(event(1))
-    frames = [sub.queue[0] for sub in subs]
-    assert frames[0] == b"id: 1\ndata: e1\n\n"
-    assert frames[0] is frames[1] is frames[2]
-    assert channel.last_event_id == "1"
-
-
-def test_event_without_own_id_is_sent_without_id_field() -> None:
-    channel = Channel("t", "/t")
-    sub = make(Policy.DISCONNECT)
-    channel.add(sub)
-    channel.publish_event(sse.Event(data="x", id="7", id_field=False))
-    assert sub.take() == b"data: x\n\n"
-    assert channel.last_event_id == "7"
 
 
 def test_take_drains_everything_in_one_buffer() -> None:

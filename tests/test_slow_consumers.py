@@ -40,7 +40,11 @@ async def ended(client: RawSSEClient, timeout: float = 15.0) -> bool:
 
 
 def ids_in(raw: bytes) -> list[int]:
-    return [int(line[4:]) for line in raw.split(b"\n") if line.startswith(b"id: ")]
+    return [
+        int(line[4:])
+        for line in raw.split(b"\n")
+        if line.startswith(b"id: ") and line[4:].isdigit()
+    ]
 
 
 async def read_until_id(client: RawSSEClient, last: int) -> list[int]:
