@@ -41,6 +41,50 @@ Schema (every key is optional unless marked *required*; defaults shown)::
         queue_max_bytes: null      # null: use stream.queue_max_bytes
         stall_timeout_s: null      # null: use upstream.stall_timeout_s
         replay: null               # null: use the top-level replay section
+    auth:                          # optional; without it every topic is public
+      header: true                 # accept "Authorization: Bearer <token>"
+      cookie: sse_token            # cookie name; null disables
+      query_param: token           # query parameter name (tokens and tickets); null disables
+      # Precedence: header, then cookie, then query parameter. The first one PRESENT is used,
+      # even if invalid: there is no fallback to the next (see gateway.auth).
+      tokens:                      # opaque bearer tokens, by digest only
+        - sha256: "<64 hex>"       # *required*, sha256 hex of the token
+          subject: dashboard       # *required*, for logs and per-subject limits
+          topics: [prices, "/orders/*"]  # grants: configured topic names or path patterns
+          expires_at: null         # unix seconds
+      jwt:                         # optional; tokens or jwt (or both) are required
+        algorithms: [HS256]        # *required*, one family: all HS*, or RS*/PS*/ES*/EdDSA
+        secret: null               # HS* only, required then; >= 32/48/64 bytes for HS256/384/512
+        public_key_files: []       # asymmetric only; PEM public keys, loaded and checked here
+        jwks_url: null             # asymmetric only; http(s); asymmetric needs this or files
+        jwks_refresh_s: 300.0      # > 0, JWKS cache lifetime
+        jwks_cooldown_s: 30.0      # >= 0, at most one refetch per cooldown for unknown kids
+        jwks_timeout_s: 5.0        # 0 < x <= 60, whole fetch
+        issuer: null               # exact match when set (then required)
+        audience: null             # string or non-empty list; when set, required, any match
+        typ: null                  # e.g. at+jwt; JOSE header typ, case-insensitive
+        leeway_s: 30.0             # 0..60
+        topics_claim: topics       # claim holding the grants (a list of strings, required)
+        subject_claim: sub         # claim naming the subject (a non-empty string, required)
+      tickets:
+        enabled: true              # needs query_param (tickets travel in it)
+        ttl_s: 30.0                # 1..60
+        path: /_gateway/ticket     # under /_gateway/; POST with Authorization: Bearer
+      cors:
+        allow_credentials: true
+        allowed_origins: []        # "https://app.example.com", "https://*.example.com", or
+                                   # "*" (only with allow_credentials false)
+        max_age_s: 600             # 0..86400, preflight cache
+    limits:                        # always on, per process
+      max_connections: 10000       # >= 1, streams in total
+      max_connections_per_ip: 200  # >= 1
+      max_connections_per_subject: 50  # >= 1
+      trusted_proxies: []          # CIDRs (or "unix") whose X-Forwarded-For is believed
+      max_header_bytes: 8192       # 1024..1048576, names + values + 4 per header (431)
+      max_headers: 64              # 8..1000 (431)
+      max_url_bytes: 4096          # 256..65536, raw path + query (414)
+      overload_retry_min_ms: 10000 # >= 0; overload answer: 200, "retry:" in [min, max], close
+      overload_retry_max_ms: 30000 # >= overload_retry_min_ms
 
 Types are strict: ``"15"`` is not an integer and ``1`` or ``"true"`` is not a boolean, because
 a silently coerced typo is worse than a start-up error. An integer is accepted where a number is
@@ -77,6 +121,10 @@ from typing import (
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -98,22 +146,35 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from gateway.errors import ConfigError
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "HMAC_ALGORITHMS",
     "PLACEHOLDER_RE",
     "RESERVED_PATHS",
     "RESERVED_PREFIX",
+    "AuthConfig",
+    "CorsConfig",
     "FrozenDict",
     "GatewayConfig",
+    "JWTConfig",
+    "LimitsConfig",
+    "OpaqueTokenConfig",
+    "OriginParts",
     "Policy",
     "ReplayConfig",
     "Segment",
     "ServerConfig",
     "StreamConfig",
     "TLSConfig",
+    "TicketsConfig",
     "TopicConfig",
     "UpstreamConfig",
     "format_loc",
+    "grant_problem",
     "load_config",
+    "load_public_key_file",
     "parse_config",
+    "parse_origin",
+    "public_key_algorithms",
     "short_repr",
     "split_path",
 ]
@@ -568,6 +629,455 @@ def _topic_conflicts(raw: object) -> list[InitErrorDetails]:
     return errors
 
 
+# --------------------------------------------------------------------------- auth and limits
+
+# Minimum HMAC secret length per algorithm: the hash size (RFC 7518 section 3.2). pyjwt would
+# refuse shorter keys at decode time (we enforce its minimum key lengths), failing every token.
+HMAC_ALGORITHMS: dict[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512"}
+    | {"EdDSA"}
+)
+_ALGORITHM_LIST = ", ".join([*HMAC_ALGORITHMS, *sorted(ASYMMETRIC_ALGORITHMS)])
+_EC_CURVE_ALGORITHMS = {
+    "secp256r1": "ES256",
+    "secp384r1": "ES384",
+    "secp521r1": "ES512",
+    "secp256k1": "ES256K",
+}
+MIN_RSA_BITS = 2048
+_MAX_KEY_FILE_BYTES = 64 * 1024
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_QUERY_NAME_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+# A pattern segment is written as in the canonical instance path, %-escapes included.
+_PATTERN_SEGMENT_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]+")
+_ORIGIN_RE = re.compile(
+    r"(?P<scheme>https?)://(?P<wild>\*\.)?(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_ORIGIN_FORMS = "'*', 'scheme://host[:port]' or 'scheme://*.domain[:port]' (http or https)"
+
+
+def public_key_algorithms(key: object) -> frozenset[str]:
+    """The JWS algorithms a loaded public key can verify (empty: none that we accept)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return frozenset(alg for alg in ASYMMETRIC_ALGORITHMS if alg[:2] in ("RS", "PS"))
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        alg = _EC_CURVE_ALGORITHMS.get(key.curve.name)
+        return frozenset({alg} if alg else ())
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return frozenset({"EdDSA"})
+    return frozenset()
+
+
+def _describe_key(key: object) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"an RSA {key.key_size}-bit key"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"an EC {key.curve.name} key"
+    return f"a {type(key).__name__.removeprefix('_')}"
+
+
+def load_public_key_file(path: str) -> PublicKeyTypes:
+    """Read one PEM public key file; ``ValueError`` with a short reason otherwise."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise ValueError(f"larger than {_MAX_KEY_FILE_BYTES} bytes")
+    if b"PRIVATE KEY" in data:
+        # It would verify too, but a signing key has no business on the gateway.
+        raise ValueError("it holds a private key; give the public key only")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError("not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise ValueError(f"RSA keys need at least {MIN_RSA_BITS} bits, this one has {key.key_size}")
+    return key
+
+
+def grant_problem(grant: str) -> str | None:
+    """Why ``grant`` is neither a topic name nor a well-formed path pattern (None: it is)."""
+    if not grant.startswith("/"):
+        ok = _NAME_RE.fullmatch(grant)
+        return None if ok else "expected a topic name or a path pattern starting with '/'"
+    parts = grant[1:].split("/")
+    if "" in parts:
+        return "expected a path pattern without empty segments"
+    if any(part in (".", "..") for part in parts):
+        return "expected a path pattern without '.' or '..' segments"
+    if not all(_PATTERN_SEGMENT_RE.fullmatch(p) and not _BAD_PERCENT_RE.search(p) for p in parts):
+        return "expected pattern segments of URL path characters (as in the canonical path)"
+    if any("*" in part and part not in ("*", "**") for part in parts):
+        return "expected '*' and '**' only as whole segments"
+    if "**" in parts[:-1]:
+        return "expected '**' only as the last segment"
+    return None
+
+
+def _pattern_may_match(pattern: str, topic_path: str) -> bool:
+    """Could ``pattern`` match some instance of ``topic_path``? (Param regexes are ignored.)"""
+    wanted = pattern[1:].split("/")
+    segments = split_path(topic_path)
+    if wanted[-1] == "**":
+        wanted = wanted[:-1]
+        if len(segments) <= len(wanted):
+            return False
+        segments = segments[: len(wanted)]
+    elif len(segments) != len(wanted):
+        return False
+    return all(
+        part == "*" or seg.param is not None or part == seg.text
+        for part, seg in zip(wanted, segments, strict=True)
+    )
+
+
+class OriginParts(NamedTuple):
+    """A parsed origin; for a wildcard, ``host`` is the domain after ``*.``."""
+
+    scheme: str
+    host: str
+    port: int
+    wildcard: bool
+
+
+def parse_origin(text: str, *, allow_wildcard: bool = False) -> OriginParts | None:
+    """``https://a.example.com[:port]`` (or ``https://*.example.com``) parsed, else None.
+
+    Case-insensitive; the port defaults from the scheme so ``https://a.com:443`` and
+    ``https://a.com`` are the same origin. ``null`` and non-http(s) schemes are never valid.
+    """
+    if not text.isascii():
+        return None
+    match = _ORIGIN_RE.fullmatch(text.lower())
+    if match is None or (match["wild"] and not allow_wildcard):
+        return None
+    host = match["host"]
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+        if match["wild"]:
+            return None
+    elif not _HOSTNAME_RE.fullmatch(host) or (match["wild"] and "." not in host):
+        return None  # `*.com` would cover a whole top-level domain
+    port = int(match["port"]) if match["port"] else (443 if match["scheme"] == "https" else 80)
+    if not 1 <= port <= 65535:
+        return None
+    return OriginParts(match["scheme"], host, port, bool(match["wild"]))
+
+
+def _check_algorithm(name: str) -> str:
+    if name.lower() == "none":
+        raise _invalid("expected a signing algorithm ('none' is never accepted)")
+    if name not in HMAC_ALGORITHMS and name not in ASYMMETRIC_ALGORITHMS:
+        raise _invalid(f"expected one of {_ALGORITHM_LIST}")
+    return name
+
+
+def _one_family(algorithms: tuple[str, ...]) -> tuple[str, ...]:
+    hmac_count = sum(alg in HMAC_ALGORITHMS for alg in algorithms)
+    if 0 < hmac_count < len(algorithms):
+        # The key-confusion family (CVE-2017-11424, CVE-2022-29217): an asymmetric public key
+        # used as an HMAC secret. With one family per config there is nothing to confuse.
+        raise _invalid("expected one algorithm family: all HS*, or only RS*/PS*/ES*/EdDSA")
+    return algorithms
+
+
+def _one_or_more_strings(value: object) -> object:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple):
+        if not value:
+            raise _invalid("expected a string or a non-empty list of strings")
+        return value
+    if value is None:
+        return value
+    raise _invalid("expected a string or a list of strings")
+
+
+def _check_sha256(digest: str) -> str:
+    if not _SHA256_RE.fullmatch(digest):
+        raise _invalid("expected 64 hex digits (the sha256 of the token, never the token)")
+    return digest.lower()
+
+
+def _check_grant(grant: str) -> str:
+    return _check(grant_problem(grant), grant)
+
+
+def _check_cookie_name(name: str) -> str:
+    ok = _TOKEN_RE.fullmatch(name)
+    return _check(None if ok else "expected a cookie name of HTTP token characters", name)
+
+
+def _check_query_name(name: str) -> str:
+    ok = _QUERY_NAME_RE.fullmatch(name)
+    return _check(None if ok else "expected a parameter name of [A-Za-z0-9._~-], 1 to 64", name)
+
+
+def _check_ticket_path(path: str) -> str:
+    rest = path.removeprefix(RESERVED_PREFIX)
+    ok = rest != path and all(_LITERAL_SEGMENT_RE.fullmatch(part) for part in rest.split("/"))
+    return _check(None if ok else f"expected a path under {RESERVED_PREFIX}", path)
+
+
+def _check_origin(origin: str) -> str:
+    if origin == "*" or parse_origin(origin, allow_wildcard=True) is not None:
+        return origin
+    if origin.lower() == "null":
+        raise _invalid("expected a real origin ('null' comes from sandboxes and files: anyone)")
+    raise _invalid(f"expected {_ORIGIN_FORMS}, without a path")
+
+
+def _check_proxy(entry: str) -> str:
+    if entry == "unix":
+        return entry
+    try:
+        ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        raise _invalid("expected a CIDR like 10.0.0.0/8 or 2001:db8::/32, or 'unix'") from None
+    return entry
+
+
+def _redacted(message: str) -> PydanticCustomError:
+    """An error rendered without its input: for secrets."""
+    return PydanticCustomError(_CONFLICT, message)
+
+
+Grant = Annotated[StrictStr, AfterValidator(_check_grant)]
+
+
+class OpaqueTokenConfig(_Model):
+    """One opaque bearer token, configured by digest so the file holds no usable secret."""
+
+    sha256: Annotated[StrictStr, AfterValidator(_check_sha256)]
+    subject: StrictStr = Field(min_length=1)
+    topics: tuple[Grant, ...] = ()
+    expires_at: StrictFloat | None = Field(None, gt=0)
+
+
+class JWTConfig(_Model):
+    """How JWTs are verified; keys and algorithms come from here, never from the token."""
+
+    algorithms: NonEmpty[
+        Annotated[
+            tuple[Annotated[StrictStr, AfterValidator(_check_algorithm)], ...],
+            AfterValidator(_one_family),
+        ]
+    ]
+    # Key sources validate even when left out (validate_default), so the checks that need the
+    # algorithms (declared first, hence in info.data) also catch a missing key.
+    secret: StrictStr | None = Field(None, validate_default=True)
+    public_key_files: tuple[Annotated[StrictStr, Field(min_length=1)], ...] = Field(
+        (), validate_default=True
+    )
+    jwks_url: StrictStr | None = Field(None, validate_default=True)
+    jwks_refresh_s: StrictFloat = Field(300.0, gt=0)
+    jwks_cooldown_s: StrictFloat = Field(30.0, ge=0)
+    jwks_timeout_s: StrictFloat = Field(5.0, gt=0, le=60)
+    issuer: StrictStr | None = Field(None, min_length=1)
+    audience: Annotated[tuple[StrictStr, ...] | None, BeforeValidator(_one_or_more_strings)] = None
+    typ: StrictStr | None = Field(None, min_length=1)
+    leeway_s: StrictFloat = Field(30.0, ge=0, le=60)
+    topics_claim: StrictStr = Field("topics", min_length=1)
+    subject_claim: StrictStr = Field("sub", min_length=1)
+
+    @property
+    def is_hmac(self) -> bool:
+        return self.algorithms[0] in HMAC_ALGORITHMS
+
+    @field_validator("secret", mode="wrap")
+    @classmethod
+    def _secret_fits_algorithms(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> str | None:
+        # Every message here is rendered without the value: it is a secret.
+        try:
+            secret: str | None = handler(value)
+        except ValidationError:
+            raise _redacted("expected a string (value not shown)") from None
+        algorithms = info.data.get("algorithms")
+        if not algorithms:
+            return secret
+        hmac_algs = [alg for alg in algorithms if alg in HMAC_ALGORITHMS]
+        if hmac_algs:
+            need = max(HMAC_ALGORITHMS[alg] for alg in hmac_algs)
+            if secret is None:
+                raise _redacted(f"expected a secret of at least {need} bytes for HS* algorithms")
+            if len(secret.encode()) < need:
+                got = len(secret.encode())
+                raise _redacted(f"expected a secret of at least {need} bytes, got {got} bytes")
+        elif secret is not None:
+            raise _redacted(
+                "expected no secret with asymmetric algorithms (use public_key_files or jwks_url)"
+            )
+        return secret
+
+    @field_validator("public_key_files")
+    @classmethod
+    def _keys_load(cls, files: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        algorithms = info.data.get("algorithms")
+        if files and algorithms and algorithms[0] in HMAC_ALGORITHMS:
+            raise _invalid("expected no public key files with HS* algorithms (they use secret)")
+        errors: list[InitErrorDetails] = []
+        for index, path in enumerate(files):
+            try:
+                key = load_public_key_file(path)
+            except ValueError as exc:
+                errors.append(_problem((index,), f"expected a PEM public key file ({exc})", path))
+                continue
+            if algorithms and not public_key_algorithms(key) & set(algorithms):
+                why = f"expected a key for {', '.join(algorithms)} (this is {_describe_key(key)})"
+                errors.append(_problem((index,), why, path))
+        if errors:
+            _fail(errors)
+        return files
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url_or_keys(cls, url: str | None, info: ValidationInfo) -> str | None:
+        algorithms: tuple[str, ...] = info.data.get("algorithms") or ()
+        hmac_algs = bool(algorithms) and algorithms[0] in HMAC_ALGORITHMS
+        if url is not None:
+            if "{" in url or "}" in url:
+                raise _invalid("expected a URL without {placeholders}")
+            _check(_upstream_problem(url), url)
+            if hmac_algs:
+                raise _invalid("expected null with HS* algorithms (a JWKS holds public keys)")
+        elif algorithms and not hmac_algs and info.data.get("public_key_files") == ():
+            raise _invalid(
+                "expected a JWKS URL or public_key_files: asymmetric algorithms need a key"
+            )
+        return url
+
+
+class TicketsConfig(_Model):
+    """One-time stream tickets: an authenticated POST trades a bearer token for a short-lived
+    ticket, so the long-lived token never appears in an EventSource URL."""
+
+    enabled: StrictBool = True
+    ttl_s: StrictFloat = Field(30.0, ge=1, le=60)
+    path: Annotated[StrictStr, AfterValidator(_check_ticket_path)] = "/_gateway/ticket"
+
+
+class CorsConfig(_Model):
+    """Which browser origins may open streams (and send credentials) cross-site."""
+
+    allow_credentials: StrictBool = True
+    allowed_origins: tuple[Annotated[StrictStr, AfterValidator(_check_origin)], ...] = ()
+    max_age_s: StrictInt = Field(600, ge=0, le=86400)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _no_wildcard_with_credentials(
+        cls, origins: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        if info.data.get("allow_credentials") is True and "*" in origins:
+            why = "expected explicit origins when allow_credentials is true ('*' trusts any site)"
+            _fail([_problem((origins.index("*"),), why, "*")])
+        return origins
+
+
+class AuthConfig(_Model):
+    """Credentials, how they are verified, and what they grant. Without this section every
+    topic is public."""
+
+    header: StrictBool = True
+    cookie: Annotated[StrictStr, AfterValidator(_check_cookie_name)] | None = "sse_token"
+    query_param: Annotated[StrictStr, AfterValidator(_check_query_name)] | None = Field(
+        "token", validate_default=True
+    )
+    tokens: tuple[OpaqueTokenConfig, ...] = ()
+    jwt: JWTConfig | None = Field(None, validate_default=True)
+    tickets: TicketsConfig = Field(default_factory=TicketsConfig, validate_default=True)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+
+    @field_validator("query_param")
+    @classmethod
+    def _some_source(cls, name: str | None, info: ValidationInfo) -> str | None:
+        no_cookie = "cookie" in info.data and info.data["cookie"] is None
+        if name is None and info.data.get("header") is False and no_cookie:
+            raise _invalid("expected a name: with header false and cookie null nothing is accepted")
+        return name
+
+    @field_validator("tokens")
+    @classmethod
+    def _distinct_digests(
+        cls, tokens: tuple[OpaqueTokenConfig, ...]
+    ) -> tuple[OpaqueTokenConfig, ...]:
+        seen: dict[str, int] = {}
+        errors: list[InitErrorDetails] = []
+        for index, token in enumerate(tokens):
+            first = seen.setdefault(token.sha256, index)
+            if first != index:
+                message = f"duplicates auth.tokens[{first}].sha256"
+                errors.append(
+                    {
+                        "type": PydanticCustomError(_CONFLICT, message),
+                        "loc": (index, "sha256"),
+                        "input": token.sha256,
+                    }
+                )
+        if errors:
+            _fail(errors)
+        return tokens
+
+    @field_validator("jwt")
+    @classmethod
+    def _something_verifies(cls, jwt: JWTConfig | None, info: ValidationInfo) -> JWTConfig | None:
+        if jwt is None and info.data.get("tokens") == ():
+            raise _invalid("expected a jwt section or entries in auth.tokens (nothing verifies)")
+        return jwt
+
+    @field_validator("tickets")
+    @classmethod
+    def _tickets_need_query(cls, tickets: TicketsConfig, info: ValidationInfo) -> TicketsConfig:
+        if tickets.enabled and "query_param" in info.data and info.data["query_param"] is None:
+            why = "expected false when auth.query_param is null (tickets travel in it)"
+            _fail([_problem(("enabled",), why, True)])
+        return tickets
+
+
+class LimitsConfig(_Model):
+    """Per-process connection caps and request bounds (hypercorn's own are loose)."""
+
+    max_connections: StrictInt = Field(10000, ge=1)
+    max_connections_per_ip: StrictInt = Field(200, ge=1)
+    max_connections_per_subject: StrictInt = Field(50, ge=1)
+    trusted_proxies: tuple[Annotated[StrictStr, AfterValidator(_check_proxy)], ...] = ()
+    max_header_bytes: StrictInt = Field(8192, ge=1024, le=1048576)
+    max_headers: StrictInt = Field(64, ge=8, le=1000)
+    max_url_bytes: StrictInt = Field(4096, ge=256, le=65536)
+    overload_retry_min_ms: StrictInt = Field(10000, ge=0)
+    overload_retry_max_ms: StrictInt = Field(30000, ge=0)
+
+    @field_validator("overload_retry_max_ms")
+    @classmethod
+    def _retry_max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        return _not_below(value, info, "overload_retry_min_ms")
+
+
+def _grant_errors(auth: AuthConfig, topics: Sequence[TopicConfig]) -> list[InitErrorDetails]:
+    """Opaque token grants that name no configured topic or can match none of their paths."""
+    names = {topic.name for topic in topics}
+    errors: list[InitErrorDetails] = []
+    for index, token in enumerate(auth.tokens):
+        for position, grant in enumerate(token.topics):
+            if grant.startswith("/"):
+                if not any(_pattern_may_match(grant, topic.path) for topic in topics):
+                    why = "expected a path pattern matching some configured topic path"
+                    errors.append(_problem(("tokens", index, "topics", position), why, grant))
+            elif grant not in names:
+                why = "expected a configured topic name or a path pattern starting with '/'"
+                errors.append(_problem(("tokens", index, "topics", position), why, grant))
+    return errors
+
+
 class GatewayConfig(_Model):
     """The whole configuration file."""
 
@@ -576,6 +1086,18 @@ class GatewayConfig(_Model):
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     topics: NonEmpty[tuple[TopicConfig, ...]]
+    auth: AuthConfig | None = None  # declared after topics: its validator reads them
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("auth")
+    @classmethod
+    def _grants_name_topics(
+        cls, auth: AuthConfig | None, info: ValidationInfo
+    ) -> AuthConfig | None:
+        topics = info.data.get("topics")
+        if auth is not None and topics is not None and (errors := _grant_errors(auth, topics)):
+            _fail(errors)
+        return auth
 
     @field_validator("topics", mode="wrap")
     @classmethod

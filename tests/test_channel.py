@@ -211,8 +211,10 @@ def test_multiplexed_gap_per_topic() -> None:
     frames = attach_multiplexed([busy, quiet], sub(), "~ge1.1")
     items = parse(frames)
     gap, replayed, marker = items
-    assert isinstance(gap, sse.Event) and json.loads(gap.data)["topic"] == "/busy"
-    assert isinstance(replayed, sse.Event) and replayed.type == "/quiet"
+    assert isinstance(gap, sse.Event)
+    assert json.loads(gap.data)["topic"] == "/busy"
+    assert isinstance(replayed, sse.Event)
+    assert replayed.type == "/quiet"
     assert marker == sse.IdUpdate("~ge1.4")
 
 

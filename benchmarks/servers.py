@@ -1,0 +1,155 @@
+"""The servers under test, each one process the scenarios can pin, measure and kill.
+
+- ``gateway``: ``python -m gateway run --config FILE`` with a temp config (one
+  topic ``/bench`` over the origin's ``/stream``) on a socket we bound and pass
+  as ``fd://N``.
+- ``floor``: :mod:`benchmarks.floor`'s raw uvloop fan-out server, same socket
+  passing, same origin.
+- ``nchan``: nginx with the nchan module, ``daemon off; master_process off;
+  worker_processes 1;`` so the one process is the whole server, configured in
+  a temp dir (its own pid file, error log and temp paths). Publishing is by
+  HTTP POST to ``/pub``; subscribers use ``/sub`` (EventSource).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from benchmarks.proc import Child, free_port, listen_socket, wait_http_ok
+
+HOST = "127.0.0.1"
+NGINX = "/usr/sbin/nginx"
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+@dataclass
+class Server:
+    name: str
+    child: Child
+    host: str
+    port: int
+    path: str  # what subscribers GET
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+def gateway_config(fd: int, upstream_url: str) -> dict[str, object]:
+    return {
+        "server": {"listen": [f"fd://{fd}"]},
+        "topics": [{"name": "bench", "path": "/bench", "upstream": upstream_url}],
+    }
+
+
+def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None) -> Server:
+    sock = listen_socket(HOST)
+    try:
+        port = int(sock.getsockname()[1])
+        config_path = tmp / "gateway.yaml"
+        upstream = f"http://{HOST}:{upstream_port}/stream"
+        config_path.write_text(yaml.safe_dump(gateway_config(sock.fileno(), upstream)))
+        argv = [sys.executable, "-m", "gateway", "run", "--config", str(config_path)]
+        child = Child(argv, log_path=tmp / "gateway.log", cpu=cpu, pass_fds=[sock.fileno()])
+    finally:
+        # The child has its own copy; without ours a dead gateway refuses connections.
+        sock.close()
+    server = Server("gateway", child, HOST, port, "/bench")
+    try:
+        wait_http_ok(child, HOST, port, "/healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_floor(tmp: Path, *, upstream_port: int, cpu: int | None) -> Server:
+    sock = listen_socket(HOST)
+    try:
+        port = int(sock.getsockname()[1])
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.floor",
+            "--serve-fd",
+            str(sock.fileno()),
+            "--upstream",
+            f"{HOST}:{upstream_port}",
+        ]
+        child = Child(argv, log_path=tmp / "floor.log", cpu=cpu, pass_fds=[sock.fileno()])
+    finally:
+        sock.close()
+    server = Server("floor", child, HOST, port, "/bench")
+    try:
+        wait_http_ok(child, HOST, port, "/healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def nchan_available() -> bool:
+    return Path(NGINX).exists() and Path(NCHAN_MODULE).exists()
+
+
+NCHAN_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+load_module {module};
+events {{
+    worker_connections 20000;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    # One publisher connection carries every POST of a run.
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    server {{
+        listen {host}:{port} backlog=4096;
+        location = /healthz {{
+            return 200 "ok\\n";
+        }}
+        location = /pub {{
+            nchan_publisher;
+            nchan_channel_id bench;
+            nchan_message_buffer_length 1000;
+            nchan_message_timeout 10m;
+        }}
+        location = /sub {{
+            nchan_subscriber eventsource;
+            nchan_channel_id bench;
+        }}
+    }}
+}}
+"""
+
+
+def start_nchan(tmp: Path, *, cpu: int | None) -> Server:
+    port = free_port(HOST)
+    conf = tmp / "nginx.conf"
+    conf.write_text(NCHAN_CONF.format(tmp=tmp, module=NCHAN_MODULE, host=HOST, port=port))
+    argv = [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
+    child = Child(argv, log_path=tmp / "nginx.out", cpu=cpu)
+    server = Server("nchan", child, HOST, port, "/sub")
+    try:
+        wait_http_ok(child, HOST, port, "/healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server
