@@ -138,6 +138,7 @@ class PostSink(asyncio.Protocol):
         self.responses = 0
         self.errors = 0
         self.dropped = 0
+        self.connects = 0
         self.statuses: dict[int, int] = {}
 
     async def connect(self) -> None:
@@ -147,6 +148,7 @@ class PostSink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.connects += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -321,6 +323,7 @@ async def _origin(conn: multiprocessing.connection.Connection, spec: dict[str, A
         }
         if isinstance(sink, PostSink):
             out.update(
+                connections_total=sink.connects,
                 post_responses=sink.responses,
                 post_errors=sink.errors,
                 post_dropped=sink.dropped,

@@ -156,6 +156,9 @@ class UpstreamSubscription:
                 failure = UpstreamFailure("connect", str(error) or type(error).__name__)
             except (httpx.HTTPError, OSError) as error:
                 failure = UpstreamFailure("reset", str(error) or type(error).__name__)
+            except Exception as error:  # a bug must not end the subscription for good
+                log.exception("upstream subscription error", extra=fields(**self._log_fields))
+                failure = UpstreamFailure("error", type(error).__name__)
             self.stats.failures[failure.kind] += 1
             if time.monotonic() - started >= HEALTHY_AFTER_S:
                 self.backoff.reset()
@@ -170,7 +173,7 @@ class UpstreamSubscription:
 
     async def _stream_once(self) -> None:
         settings = self.settings
-        headers = {
+        fixed = {
             "accept": "text/event-stream",
             "cache-control": "no-cache",
             "accept-encoding": "identity",
@@ -178,7 +181,10 @@ class UpstreamSubscription:
         }
         last_id = self.channel.last_event_id
         if last_id:
-            headers["last-event-id"] = last_id
+            fixed["last-event-id"] = last_id
+        # Any Unicode is a valid event id (and header values come from YAML):
+        # sent as UTF-8, as browsers send Last-Event-ID.
+        headers = [(name.encode(), value.encode()) for name, value in fixed.items()]
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.stall_timeout_s,

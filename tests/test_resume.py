@@ -284,3 +284,26 @@ async def test_multiplexed_endpoint_contract(busy_gateway: GatewayProcess) -> No
     stream = await open_sse(gw.url("/events?topic=/t&topic=/t&last_event_id=~nothing"))
     events = await stream.wait_events(1)
     assert events[0].type == "gateway-gap"
+
+
+async def test_unsafe_upstream_ids_are_encoded_and_still_resume(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with GatewayProcess(config(upstream, "/t"), tmp_path=tmp_path) as gateway:
+        stream = await open_sse(gateway.url("/t"))
+        await upstream.wait_connections("/t", 1)
+        unsafe = ["a:b", "x" * 200, "(évé)"]
+        for n, event_id in enumerate(unsafe):
+            upstream.publish("/t", f"e{n}", id=event_id)
+        events = await stream.wait_events(3)
+        ids = [e.id for e in events]
+        assert ids[0] == "~bYTpi"  # base64url of "a:b"
+        assert ids[1].startswith("~h")
+        assert len(ids[1]) <= 128
+        assert all(0x21 <= ord(c) < 0x7F and c not in '"():<>?@[\\]{}' for i in ids for c in i)
+        again = await open_sse(gateway.url("/t"), headers={"last-event-id": ids[0]})
+        assert [e.data for e in await again.wait_events(2)] == ["e1", "e2"]
+        # and the upstream is resumed with its own id, not ours
+        upstream.kill("/t")
+        (second,) = await upstream.wait_connections("/t", 1)
+        assert second.last_event_id == "(évé)".encode().decode("latin-1")  # UTF-8 on the wire
