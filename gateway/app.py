@@ -12,7 +12,9 @@ Anything else is a plain-text 404; methods other than GET/HEAD/OPTIONS are 405.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from urllib.parse import parse_qsl
 
 import httpx
@@ -23,7 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
 from gateway.hub import CloseReason, Housekeeper, Policy, QueueLimits, Subscriber, jittered
 from gateway.registry import Registry
-from gateway.stream import first_bytes, run_stream, stream_headers
+from gateway.stream import first_bytes, retry_frame, run_stream, stream_headers
 from gateway.topics import TopicInstance
 
 log = logging.getLogger("gateway.app")
@@ -44,6 +46,7 @@ class GatewayApp:
         self.registry: Registry | None = None
         self.client: httpx.AsyncClient | None = None
         self.ready = False
+        self.draining = False
 
     # -- lifespan -------------------------------------------------------------
 
@@ -67,11 +70,37 @@ class GatewayApp:
             await self.client.aclose()
 
     def begin_shutdown(self) -> None:
-        """Stop being ready and end every stream (each flushes what it has)."""
+        """Stop being ready and end every stream now (each flushes what it has)."""
+        self.draining = True
         self.ready = False
-        if self.registry is not None:
-            for live in self.registry.live.values():
-                live.channel.close_all(CloseReason.SHUTDOWN)
+        for subscriber in list(self.housekeeper.subscribers):
+            self._end_stream(subscriber)
+
+    async def drain(self, window_s: float) -> None:
+        """End every stream, spread evenly at random over ``window_s`` so that
+        clients do not all come back in the same second; each gets a fresh
+        jittered ``retry:`` first. Returns when all have ended, or after
+        ``window_s`` plus a second whatever is left (a stream stuck in a send
+        is aborted by its send deadline, not waited for)."""
+        self.draining = True
+        self.ready = False
+        loop = asyncio.get_running_loop()
+        handles = [
+            loop.call_later(random.uniform(0, window_s), self._end_stream, subscriber)
+            for subscriber in list(self.housekeeper.subscribers)
+        ]
+        deadline = loop.time() + window_s + 1.0
+        while self.housekeeper.subscribers and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for handle in handles:
+            handle.cancel()
+        for subscriber in list(self.housekeeper.subscribers):
+            subscriber.abort(CloseReason.SHUTDOWN)
+
+    def _end_stream(self, subscriber: Subscriber) -> None:
+        stream = self.config.stream
+        subscriber.offer(retry_frame(stream.retry_min_ms, stream.retry_max_ms))
+        subscriber.close(CloseReason.SHUTDOWN)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -141,6 +170,19 @@ class GatewayApp:
             )
             await send({"type": "http.response.body", "body": b""})
             return
+        if self.draining:
+            # Not 503: any non-200 stops an EventSource for good (DESIGN.md §4).
+            stream = self.config.stream
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": stream_headers(scope)}
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": retry_frame(stream.retry_min_ms, stream.retry_max_ms),
+                }
+            )
+            return
         cursor = resume_cursor(scope, query)
         await self._serve(scope, receive, send, registry, instances, cursor, mux=path == "/events")
 
@@ -206,6 +248,7 @@ class GatewayApp:
             prelude=prelude,
             user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
             on_close=detach,
+            topics=",".join(instance.path for instance in instances),
         )
 
 

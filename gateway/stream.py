@@ -22,6 +22,7 @@ from gateway import sse
 from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.hub import CloseReason, Housekeeper, Subscriber
 from gateway.hyperglue import connection_of
+from gateway.logs import fields
 
 log = logging.getLogger("gateway.stream")
 
@@ -43,8 +44,11 @@ def stream_headers(scope: Scope) -> Headers:
 def first_bytes(retry_min_ms: int, retry_max_ms: int) -> bytes:
     """A comment so that ``open`` fires at once, and a per-connection jittered
     ``retry:`` so that clients dropped together do not return together."""
-    retry_ms = random.randint(retry_min_ms, retry_max_ms)
-    return b": ok\n" + sse.encode_retry(retry_ms)
+    return b": ok\n" + retry_frame(retry_min_ms, retry_max_ms)
+
+
+def retry_frame(retry_min_ms: int, retry_max_ms: int) -> bytes:
+    return sse.encode_retry(random.randint(retry_min_ms, retry_max_ms))
 
 
 async def run_stream(
@@ -57,6 +61,7 @@ async def run_stream(
     prelude: list[bytes],
     user_timeout_s: float,
     on_close: Callable[[], None],
+    topics: str,
 ) -> None:
     """Serve ``subscriber`` until it is closed, the client leaves or an abort.
     ``on_close`` runs exactly once, synchronously, as soon as the stream ends,
@@ -95,13 +100,17 @@ async def run_stream(
         subscriber.close(CloseReason.ERROR)
         on_close()
         watcher.cancel()
-        log.debug(
-            "stream closed path=%s reason=%s events=%d bytes=%d duration_s=%.3f",
-            scope["path"],
-            subscriber.close_reason.value if subscriber.close_reason else "?",
-            subscriber.sent_events,
-            subscriber.sent_bytes,
-            time.monotonic() - started,
+        log.info(
+            "stream closed",
+            extra=fields(
+                path=scope["path"],  # never the query: it may carry a token
+                topics=topics,
+                protocol=f"HTTP/{scope.get('http_version', '?')}",
+                reason=subscriber.close_reason.value if subscriber.close_reason else "error",
+                duration_s=round(time.monotonic() - started, 3),
+                events=subscriber.sent_events,
+                bytes=subscriber.sent_bytes,
+            ),
         )
 
 

@@ -5,47 +5,25 @@ inspected; everything else about it is real (hypercorn, sockets, upstream)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from gateway.app import GatewayApp
-from gateway.config import parse_config
 from tests.support.clients import RawSSEClient, open_sse
+from tests.support.inprocess import serve_inprocess
 from tests.support.upstream import FakeUpstream
 
 
 @pytest.fixture
 async def inprocess(upstream: FakeUpstream) -> AsyncIterator[tuple[GatewayApp, int]]:
-    config = parse_config(
+    config = (
         "topics:\n"
         f"  - {{name: t, path: /t, upstream: '{upstream.url('/t')}', linger_s: 0.2}}\n"
         f"  - {{name: o, path: '/o/{{id}}', upstream: '{upstream.url('/o/{id}')}'}}\n"
     )
-    app = GatewayApp(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    port = sock.getsockname()[1]
-    hc = Config()
-    hc.bind = [f"fd://{sock.fileno()}"]
-    hc.accesslog = None
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    for _ in range(100):
-        if app.ready:
-            break
-        await asyncio.sleep(0.02)
-    try:
-        yield app, port
-    finally:
-        app.begin_shutdown()
-        stop.set()
-        await asyncio.wait_for(server, 10)
-        sock.detach()  # hypercorn owned and closed the descriptor
+    async with serve_inprocess(config) as served:
+        yield served
 
 
 async def wait_until(predicate: object, timeout: float = 5.0) -> None:
