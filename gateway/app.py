@@ -13,6 +13,7 @@ Anything else is a plain-text 404; methods other than GET/HEAD/OPTIONS are 405.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from urllib.parse import parse_qsl
@@ -89,9 +90,8 @@ class GatewayApp:
             loop.call_later(random.uniform(0, window_s), self._end_stream, subscriber)
             for subscriber in list(self.housekeeper.subscribers)
         ]
-        deadline = loop.time() + window_s + 1.0
-        while self.housekeeper.subscribers and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.housekeeper.wait_empty(), window_s + 1.0)
         for handle in handles:
             handle.cancel()
         for subscriber in list(self.housekeeper.subscribers):

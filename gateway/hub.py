@@ -190,13 +190,22 @@ class Housekeeper:
         self.tick_s = tick_s
         self.clock = clock
         self.subscribers: dict[Subscriber, None] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._task: asyncio.Task[None] | None = None
 
     def register(self, subscriber: Subscriber) -> None:
         self.subscribers[subscriber] = None
+        self._empty.clear()
 
     def unregister(self, subscriber: Subscriber) -> None:
         self.subscribers.pop(subscriber, None)
+        if not self.subscribers:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Until no stream is left (a drain waits for this)."""
+        await self._empty.wait()
 
     def start(self) -> None:
         if self._task is None:
