@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
 from gateway.hub import CloseReason, Housekeeper, Policy, QueueLimits, Subscriber, jittered
 from gateway.registry import Registry
+from gateway.ring import gap_frame
 from gateway.stream import first_bytes, retry_frame, run_stream, stream_headers
 from gateway.topics import TopicInstance
 
@@ -96,6 +97,25 @@ class GatewayApp:
             handle.cancel()
         for subscriber in list(self.housekeeper.subscribers):
             subscriber.abort(CloseReason.SHUTDOWN)
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Apply a new, already validated configuration (SIGHUP). New streams
+        use it at once; streams of unchanged topics keep going undisturbed.
+        A removed topic ends its single-topic streams (with a ``retry:``; the
+        reconnect then gets a 404) and leaves multiplexed streams with a
+        ``gateway-gap`` event whose reason is ``removed``."""
+        self.config = config
+        self.housekeeper.send_timeout_s = config.stream.send_timeout_s
+        if self.registry is None:
+            return
+        for live in self.registry.reload(config):
+            channel = live.channel
+            for subscriber in list(channel.subscribers):
+                self._end_stream(subscriber)
+            for subscriber in list(channel.mux_subscribers):
+                channel.detach(subscriber)
+                subscriber.offer(gap_frame(channel.path, "removed", None))
+            channel.subscribers.clear()
 
     def _end_stream(self, subscriber: Subscriber) -> None:
         stream = self.config.stream

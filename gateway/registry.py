@@ -16,6 +16,7 @@ import httpx
 
 from gateway.channel import Channel
 from gateway.config import GatewayConfig, TopicConfig
+from gateway.errors import HTTPError
 from gateway.hub import CloseReason, Policy, QueueLimits
 from gateway.logs import fields
 from gateway.ring import ReplayLimits, Sequence
@@ -69,6 +70,7 @@ class LiveTopic:
     channel: Channel
     upstream: UpstreamSubscription
     refs: int = 0
+    held: bool = False  # an eager topic holds one reference of its own
     linger: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -86,7 +88,9 @@ class Registry:
         for topic in self.config.topics:
             if topic.eager:
                 live = self._live(self.router.resolve(topic.path))
-                live.refs += 1  # held for the life of the process
+                if not live.held:
+                    live.held = True
+                    live.refs += 1
 
     def acquire(self, instance: TopicInstance) -> LiveTopic:
         live = self._live(instance)
@@ -113,18 +117,75 @@ class Registry:
                 sequence=self.sequence,
                 replay=settings.replay,
             )
-            upstream = UpstreamSubscription(
-                channel=channel,
-                url=instance.upstream_url,
-                headers=settings.headers,
-                settings=settings.upstream,
-                client=self.client,
-            )
+            upstream = self._upstream(channel, instance, settings)
             live = LiveTopic(instance, settings, channel, upstream)
             self.live[instance.path] = live
             upstream.start()
             log.info("topic instance started", extra=fields(path=instance.path))
         return live
+
+    def _upstream(
+        self, channel: Channel, instance: TopicInstance, settings: TopicSettings
+    ) -> UpstreamSubscription:
+        return UpstreamSubscription(
+            channel=channel,
+            url=instance.upstream_url,
+            headers=settings.headers,
+            settings=settings.upstream,
+            client=self.client,
+        )
+
+    def reload(self, config: GatewayConfig) -> list[LiveTopic]:
+        """Switch to ``config`` without dropping what did not change: instances
+        of unchanged topics keep their subscribers, ring and upstream
+        connection; a topic whose upstream (URL, headers, timeouts) changed
+        re-subscribes upstream under the same subscribers. Returns the live
+        instances whose topic is gone (removed, or its path changed): the
+        caller ends their streams."""
+        self.config = config
+        self.router = TopicRouter(config.topics)
+        self.settings = {topic.name: topic_settings(config, topic) for topic in config.topics}
+        topics = {topic.name: topic for topic in config.topics}
+        removed: list[LiveTopic] = []
+        for path, live in list(self.live.items()):
+            topic = topics.get(live.instance.topic.name)
+            instance = None
+            if topic is not None and topic.path == live.instance.topic.path:
+                try:
+                    instance = self.router.resolve(path)
+                except HTTPError:  # e.g. a params regex that no longer admits it
+                    instance = None
+            if instance is None or instance.topic.name != live.instance.topic.name:
+                del self.live[path]
+                if live.linger is not None:
+                    live.linger.cancel()
+                self._stop_later(live.upstream)
+                removed.append(live)
+                log.info("topic instance removed by reload", extra=fields(path=path))
+                continue
+            settings = self.settings[instance.topic.name]
+            resubscribe = (
+                instance.upstream_url != live.instance.upstream_url
+                or settings.headers != live.settings.headers
+                or settings.upstream != live.settings.upstream
+            )
+            live.instance, live.settings = instance, settings
+            live.channel.ring.limits = settings.replay
+            if resubscribe:
+                self._stop_later(live.upstream)
+                live.upstream = self._upstream(live.channel, instance, settings)
+                live.upstream.start()
+                log.info("topic instance re-subscribed by reload", extra=fields(path=path))
+            if live.held and not settings.eager:
+                live.held = False
+                self.release(live)
+        self.start_eager()
+        return removed
+
+    def _stop_later(self, upstream: UpstreamSubscription) -> None:
+        task = asyncio.get_running_loop().create_task(upstream.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def _expire(self, live: LiveTopic) -> None:
         live.linger = None
@@ -132,9 +193,7 @@ class Registry:
             return
         del self.live[live.instance.path]
         log.info("topic instance released", extra=fields(path=live.instance.path))
-        task = asyncio.get_running_loop().create_task(live.upstream.stop())
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        self._stop_later(live.upstream)
 
     async def close(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
         lives = list(self.live.values())
