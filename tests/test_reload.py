@@ -15,9 +15,8 @@ from tests.support.upstream import FakeUpstream
 def topics_yaml(upstream: FakeUpstream, topics: dict[str, str]) -> str:
     lines = ["topics:"]
     for path, upstream_path in topics.items():
-        lines.append(
-            f"  - {{name: {path.strip('/')}, path: {path}, upstream: '{upstream.url(upstream_path)}'}}"
-        )
+        url = upstream.url(upstream_path)
+        lines.append(f"  - {{name: {path.strip('/')}, path: {path}, upstream: '{url}'}}")
     return "\n".join(lines) + "\n"
 
 
@@ -53,7 +52,9 @@ async def test_reload_applies_changes_and_keeps_the_rest(upstream: FakeUpstream)
         upstream.publish("/t", "t2", id="2")
         assert [e.data for e in await t.wait_events(2)] == ["t1", "t2"]
         assert len([c for c in upstream.connections if c.path == "/t"]) == 1
-        assert not t.closed and not v.closed and not mux.closed
+        assert not t.closed
+        assert not v.closed
+        assert not mux.closed
         # added
         w = await open_sse(f"{base}/w")
         await upstream.wait_connections("/w", 1)
