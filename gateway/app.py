@@ -98,6 +98,19 @@ class GatewayApp:
         for subscriber in list(self.housekeeper.subscribers):
             subscriber.abort(CloseReason.SHUTDOWN)
 
+    def not_ready(self) -> str | None:
+        """Why a load balancer should not send new clients here, or None:
+        before startup, while draining, or while an eager topic's upstream is
+        not connected."""
+        if self.draining:
+            return "draining"
+        if not self.ready or self.registry is None:
+            return "starting"
+        for live in self.registry.live.values():
+            if live.held and not live.upstream.connected.is_set():
+                return f"upstream of {live.instance.path} not connected"
+        return None
+
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new, already validated configuration (SIGHUP). New streams
         use it at once; streams of unchanged topics keep going undisturbed.
@@ -169,8 +182,11 @@ class GatewayApp:
             await respond(send, 200, b"ok\n", head=head)
             return
         if path == "/readyz":
-            ready = self.ready and self.registry is not None
-            await respond(send, 200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+            problem = self.not_ready()
+            if problem is None:
+                await respond(send, 200, b"ready\n", head=head)
+            else:
+                await respond(send, 503, f"not ready: {problem}\n".encode(), head=head)
             return
         if path == "/" and self.index_page is not None:
             await respond(

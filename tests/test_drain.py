@@ -44,3 +44,28 @@ async def test_drain_spreads_stream_ends_over_the_window(upstream: FakeUpstream)
             assert stream.retry is not None
             assert 5000 <= stream.retry <= 9000
         assert not app.housekeeper.subscribers
+
+
+async def test_readyz_follows_eager_upstreams_and_the_drain(upstream: FakeUpstream) -> None:
+    await upstream.stop()  # the eager topic's upstream is down at first
+    config = (
+        "upstream: {backoff_initial_ms: 20, backoff_max_ms: 50}\n"
+        f"topics: [{{name: t, path: /t, upstream: '{upstream.url('/t')}', eager: true}}]\n"
+    )
+    async with serve_inprocess(config) as (app, port):
+        status, _, body = await request("127.0.0.1", port, "GET", "/readyz")
+        assert (status, body) == (503, b"not ready: upstream of /t not connected\n")
+        await upstream.start()
+        await upstream.wait_connections("/t", 1)
+        for _ in range(100):
+            status, _, body = await request("127.0.0.1", port, "GET", "/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert (status, body) == (200, b"ready\n")
+        drain = asyncio.create_task(app.drain(0.2))
+        await asyncio.sleep(0)
+        status, _, body = await request("127.0.0.1", port, "GET", "/readyz")
+        assert (status, body) == (503, b"not ready: draining\n")
+        assert (await request("127.0.0.1", port, "GET", "/healthz"))[0] == 200
+        await drain
