@@ -2,6 +2,7 @@
 
 Routes:
     GET /healthz                       alive
+    GET /metrics                       Prometheus metrics
     GET /readyz                        started (lifespan complete) and not shutting down
     GET /                              the demo page, when the app was built with one
     GET <topic path>                   the event stream of one topic instance
@@ -25,6 +26,7 @@ from gateway.channel import attach_multiplexed
 from gateway.config import GatewayConfig
 from gateway.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
 from gateway.hub import CloseReason, Housekeeper, Policy, QueueLimits, Subscriber, jittered
+from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.ring import gap_frame
 from gateway.stream import first_bytes, retry_frame, run_stream, stream_headers
@@ -45,6 +47,7 @@ class GatewayApp:
         self.config = config
         self.index_page = index_page
         self.housekeeper = Housekeeper(send_timeout_s=config.stream.send_timeout_s)
+        self.metrics = Metrics()
         self.registry: Registry | None = None
         self.client: httpx.AsyncClient | None = None
         self.ready = False
@@ -58,7 +61,7 @@ class GatewayApp:
             follow_redirects=False,
             trust_env=False,
         )
-        self.registry = Registry(self.config, client=self.client)
+        self.registry = Registry(self.config, client=self.client, metrics=self.metrics)
         self.registry.start_eager()
         self.housekeeper.start()
         self.ready = True
@@ -188,6 +191,10 @@ class GatewayApp:
             else:
                 await respond(send, 503, f"not ready: {problem}\n".encode(), head=head)
             return
+        if path == "/metrics":
+            body, content_type = self.metrics.render()
+            await respond(send, 200, body, content_type=content_type.encode(), head=head)
+            return
         if path == "/" and self.index_page is not None:
             await respond(
                 send, 200, self.index_page, content_type=b"text/html; charset=utf-8", head=head
@@ -285,6 +292,7 @@ class GatewayApp:
             user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
             on_close=detach,
             topics=",".join(instance.path for instance in instances),
+            metrics=self.metrics,
         )
 
 

@@ -21,14 +21,19 @@ from collections.abc import Callable, Sequence
 
 from gateway import sse
 from gateway.hub import CloseReason, Subscriber
+from gateway.metrics import OFF, Counter, Gauge, Metrics, Off
 from gateway.ring import MAX_CURSOR_BYTES, Entry, ReplayLimits, Ring, gap_frame, safe_id
 from gateway.ring import Sequence as EventSequence
 
 
 class Channel:
     __slots__ = (
+        "_deliveries",
+        "_events_in",
+        "_subscribed",
         "clock",
         "last_event_id",
+        "metrics",
         "mux_subscribers",
         "name",
         "path",
@@ -46,8 +51,17 @@ class Channel:
         sequence: EventSequence,
         replay: ReplayLimits,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics
+        self._events_in: Counter | Off = OFF
+        self._deliveries: Counter | Off = OFF
+        self._subscribed: Gauge | Off = OFF
+        if metrics is not None:
+            self._events_in = metrics.events_in.labels(name)
+            self._deliveries = metrics.deliveries.labels(name)
+            self._subscribed = metrics.subscribers.labels(name)
         self.path = path
         self.sequence = sequence
         self.clock = clock
@@ -109,6 +123,8 @@ class Channel:
             mux = self.mux_frame(entry)
             for subscriber in self.mux_subscribers:
                 subscriber.offer(mux)
+        self._events_in.inc()
+        self._deliveries.inc(len(self.subscribers) + len(self.mux_subscribers))
 
     def mux_frame(self, entry: Entry) -> bytes:
         """``entry`` as a multiplexed stream sends it, encoded once and kept."""
@@ -128,14 +144,25 @@ class Channel:
         position = ring.tail_id() or self.sequence.marker()
         if not cursor:
             frames = [sse.encode_id_only(position)]
+            outcome = "fresh"
         else:
             entries, reason = self._entries_after(cursor)
             if entries is None:
                 frames = [gap_frame(self.path, reason, position)]
+                outcome = f"gap_{reason}"
             else:
                 frames = [entry.frame for entry in entries]
+                outcome = "replayed"
         self.subscribers[subscriber] = None
+        self._count_attach(outcome, len(frames) if outcome == "replayed" else 0)
         return frames
+
+    def _count_attach(self, outcome: str, replayed: int) -> None:
+        if self.metrics is not None and outcome:
+            self.metrics.resumes.labels(outcome).inc()
+            if replayed:
+                self.metrics.replayed_events.inc(replayed)
+        self._subscribed.inc()
 
     def _entries_after(self, cursor: str) -> tuple[list[Entry] | None, str]:
         if len(cursor) > MAX_CURSOR_BYTES:
@@ -148,8 +175,10 @@ class Channel:
         return self.ring.after_id(cursor), "unknown"
 
     def detach(self, subscriber: Subscriber) -> None:
-        self.subscribers.pop(subscriber, None)
-        self.mux_subscribers.pop(subscriber, None)
+        found = self.subscribers.pop(subscriber, 0) is None
+        found = self.mux_subscribers.pop(subscriber, 0) is None or found
+        if found:
+            self._subscribed.dec()
 
     def close_all(self, reason: CloseReason) -> None:
         for subscriber in [*self.subscribers, *self.mux_subscribers]:
@@ -165,14 +194,18 @@ def attach_multiplexed(
     sequence = channels[0].sequence
     now = channels[0].clock()
     frames: list[bytes] = []
+    outcome = "replayed"
+    replayed = 0
     if not cursor:
         frames.append(sse.encode_id_only(sequence.marker()))
+        outcome = "fresh"
     else:
         seq = sequence.parse_marker(cursor) if len(cursor) <= MAX_CURSOR_BYTES else None
         if seq is None:
             reason = "foreign" if cursor.startswith("~g") else "malformed"
             frames.extend(gap_frame(channel.path, reason, None) for channel in channels)
             frames.append(sse.encode_id_only(sequence.marker()))
+            outcome = f"gap_{reason}"
         else:
             replay: list[tuple[int, Channel, Entry]] = []
             gapped = False
@@ -186,10 +219,13 @@ def attach_multiplexed(
                     replay.extend((entry.seq, channel, entry) for entry in entries)
             replay.sort(key=lambda item: item[0])
             frames.extend(channel.mux_frame(entry) for _, channel, entry in replay)
+            replayed = len(replay)
             if gapped:
                 frames.append(sse.encode_id_only(sequence.marker()))
-    for channel in channels:
+                outcome = "gap_expired"
+    for index, channel in enumerate(channels):
         channel.mux_subscribers[subscriber] = None
+        channel._count_attach(outcome if index == 0 else "", replayed if index == 0 else 0)
     return frames
 
 

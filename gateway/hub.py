@@ -72,6 +72,7 @@ class Subscriber:
         "last_write_at",
         "limits",
         "queue",
+        "queued_at",
         "queued_bytes",
         "sending_since",
         "sent_bytes",
@@ -90,6 +91,7 @@ class Subscriber:
         self.beat_interval_s = beat_interval_s
         self.last_write_at = time.monotonic()
         self.sending_since = 0.0
+        self.queued_at = 0.0  # when the oldest queued frame was queued
         self._waiter: asyncio.Future[None] | None = None
         self._abort: Callable[[], None] | None = None
 
@@ -119,6 +121,8 @@ class Subscriber:
             ):
                 self.queued_bytes -= len(queue.popleft())
                 self.dropped += 1
+        if not queue:
+            self.queued_at = time.monotonic()
         queue.append(frame)
         self.queued_bytes += size
         self._wake()

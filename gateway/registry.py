@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig, TopicConfig
 from gateway.errors import HTTPError
 from gateway.hub import CloseReason, Policy, QueueLimits
 from gateway.logs import fields
+from gateway.metrics import Metrics
 from gateway.ring import ReplayLimits, Sequence
 from gateway.topics import TopicInstance, TopicRouter
 from gateway.upstream import UpstreamSettings, UpstreamSubscription
@@ -75,8 +76,15 @@ class LiveTopic:
 
 
 class Registry:
-    def __init__(self, config: GatewayConfig, *, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        client: httpx.AsyncClient,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.router = TopicRouter(config.topics)
         self.client = client
         self.settings = {topic.name: topic_settings(config, topic) for topic in config.topics}
@@ -116,6 +124,7 @@ class Registry:
                 instance.path,
                 sequence=self.sequence,
                 replay=settings.replay,
+                metrics=self.metrics,
             )
             upstream = self._upstream(channel, instance, settings)
             live = LiveTopic(instance, settings, channel, upstream)
@@ -133,6 +142,7 @@ class Registry:
             headers=settings.headers,
             settings=settings.upstream,
             client=self.client,
+            metrics=self.metrics,
         )
 
     def reload(self, config: GatewayConfig) -> list[LiveTopic]:

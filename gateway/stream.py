@@ -23,6 +23,7 @@ from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.hub import CloseReason, Housekeeper, Subscriber
 from gateway.hyperglue import connection_of
 from gateway.logs import fields
+from gateway.metrics import OFF, Metrics
 
 log = logging.getLogger("gateway.stream")
 
@@ -62,6 +63,7 @@ async def run_stream(
     user_timeout_s: float,
     on_close: Callable[[], None],
     topics: str,
+    metrics: Metrics | None = None,
 ) -> None:
     """Serve ``subscriber`` until it is closed, the client leaves or an abort.
     ``on_close`` runs exactly once, synchronously, as soon as the stream ends,
@@ -81,6 +83,9 @@ async def run_stream(
     housekeeper.register(subscriber)
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscriber))
     started = time.monotonic()
+    protocol = f"HTTP/{scope.get('http_version', '?')}"
+    if metrics is not None:
+        metrics.connections.labels(protocol).inc()
     try:
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
         for batch in batched(prelude, REPLAY_BATCH_BYTES):
@@ -89,7 +94,7 @@ async def run_stream(
             subscriber.sent_bytes += len(batch)
         subscriber.sending_since = 0.0
         subscriber.last_write_at = time.monotonic()
-        await _drain(subscriber, send)
+        await _drain(subscriber, send, metrics, protocol)
         if subscriber.close_reason is not CloseReason.CLIENT_GONE:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
@@ -100,13 +105,17 @@ async def run_stream(
         subscriber.close(CloseReason.ERROR)
         on_close()
         watcher.cancel()
+        reason = subscriber.close_reason.value if subscriber.close_reason else "error"
+        if metrics is not None:
+            metrics.connections.labels(protocol).dec()
+            metrics.streams_closed.labels(reason).inc()
         log.info(
             "stream closed",
             extra=fields(
                 path=scope["path"],  # never the query: it may carry a token
                 topics=topics,
-                protocol=f"HTTP/{scope.get('http_version', '?')}",
-                reason=subscriber.close_reason.value if subscriber.close_reason else "error",
+                protocol=protocol,
+                reason=reason,
                 duration_s=round(time.monotonic() - started, 3),
                 events=subscriber.sent_events,
                 bytes=subscriber.sent_bytes,
@@ -131,17 +140,29 @@ def batched(frames: list[bytes], limit: int) -> list[bytes]:
     return batches
 
 
-async def _drain(subscriber: Subscriber, send: Send) -> None:
+async def _drain(
+    subscriber: Subscriber, send: Send, metrics: Metrics | None, protocol: str
+) -> None:
     """Write whatever is queued, all of it in one send, until closed."""
+    lag = metrics.lag if metrics is not None else OFF
+    dropped = metrics.dropped if metrics is not None else OFF
+    bytes_out = metrics.bytes_out.labels(protocol) if metrics is not None else OFF
     while True:
         await subscriber.wait()
         if subscriber.queue:
+            queued_at = subscriber.queued_at
             data = subscriber.take()
             subscriber.sending_since = time.monotonic()
             await send({"type": "http.response.body", "body": data, "more_body": True})
-            subscriber.last_write_at = time.monotonic()
+            now = time.monotonic()
+            subscriber.last_write_at = now
             subscriber.sending_since = 0.0
             subscriber.sent_bytes += len(data)
+            bytes_out.inc(len(data))
+            lag.observe(now - queued_at)
+            if subscriber.dropped:
+                dropped.inc(subscriber.dropped)
+                subscriber.dropped = 0
         elif subscriber.closed:
             return
 

@@ -29,6 +29,7 @@ import httpx
 from gateway import sse
 from gateway.channel import Channel
 from gateway.logs import fields, redact_url
+from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.upstream")
 
@@ -105,8 +106,10 @@ class UpstreamSubscription:
         headers: dict[str, str],
         settings: UpstreamSettings,
         client: httpx.AsyncClient,
+        metrics: Metrics | None = None,
     ) -> None:
         self.channel = channel
+        self.metrics = metrics
         self.url = url
         self.headers = headers
         self.settings = settings
@@ -133,6 +136,12 @@ class UpstreamSubscription:
     def _set_state(self, state: UpstreamState, **extra: object) -> None:
         if state is self.state:
             return
+        if self.metrics is not None:
+            gauge = self.metrics.upstream_instances
+            if self.state is not UpstreamState.STOPPED:
+                gauge.labels(self.channel.name, self.state.value).dec()
+            if state is not UpstreamState.STOPPED:
+                gauge.labels(self.channel.name, state.value).inc()
         self.state = state
         if state is UpstreamState.OPEN:
             self.connected.set()
@@ -160,6 +169,8 @@ class UpstreamSubscription:
                 log.exception("upstream subscription error", extra=fields(**self._log_fields))
                 failure = UpstreamFailure("error", type(error).__name__)
             self.stats.failures[failure.kind] += 1
+            if self.metrics is not None:
+                self.metrics.upstream_failures.labels(self.channel.name, failure.kind).inc()
             if time.monotonic() - started >= HEALTHY_AFTER_S:
                 self.backoff.reset()
             delay = self.backoff.next_delay_s()
@@ -219,6 +230,8 @@ class UpstreamSubscription:
             self.backoff.retry_ms = item.ms
         else:
             self.stats.discarded += 1
+            if self.metrics is not None:
+                self.metrics.upstream_discarded.labels(self.channel.name).inc()
             log.warning(
                 "upstream event discarded",
                 extra=fields(**self._log_fields, reason=item.reason, size=item.size),
