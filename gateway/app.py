@@ -3,6 +3,7 @@
 Routes:
     GET /healthz                       alive
     GET /metrics                       Prometheus metrics
+    GET /status                        status page (live over SSE from /_gateway/status/stream)
     GET /readyz                        started (lifespan complete) and not shutting down
     GET /                              the demo page, when the app was built with one
     GET <topic path>                   the event stream of one topic instance
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from importlib import resources
 from urllib.parse import parse_qsl
 
 import httpx
@@ -29,12 +31,14 @@ from gateway.hub import CloseReason, Housekeeper, Policy, QueueLimits, Subscribe
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.ring import gap_frame
+from gateway.status import StatusFeed
 from gateway.stream import first_bytes, retry_frame, run_stream, stream_headers
 from gateway.topics import TopicInstance
 
 log = logging.getLogger("gateway.app")
 
 ALLOW = b"GET, HEAD, OPTIONS"
+STATUS_STREAM_PATH = "/_gateway/status/stream"
 # Longer than any cursor the gateway hands out, so it resolves to a gap.
 MALFORMED_CURSOR = "~malformed" + "~" * 200
 # A vanished peer (no FIN) is noticed when heartbeat data stays unacknowledged
@@ -48,6 +52,7 @@ class GatewayApp:
         self.index_page = index_page
         self.housekeeper = Housekeeper(send_timeout_s=config.stream.send_timeout_s)
         self.metrics = Metrics()
+        self.status_feed: StatusFeed | None = None
         self.registry: Registry | None = None
         self.client: httpx.AsyncClient | None = None
         self.ready = False
@@ -195,6 +200,13 @@ class GatewayApp:
             body, content_type = self.metrics.render()
             await respond(send, 200, body, content_type=content_type.encode(), head=head)
             return
+        if path == "/status":
+            page = resources.files("gateway.static").joinpath("status.html").read_bytes()
+            await respond(send, 200, page, content_type=b"text/html; charset=utf-8", head=head)
+            return
+        if path == STATUS_STREAM_PATH:
+            await self._serve_status(scope, receive, send)
+            return
         if path == "/" and self.index_page is not None:
             await respond(
                 send, 200, self.index_page, content_type=b"text/html; charset=utf-8", head=head
@@ -228,6 +240,28 @@ class GatewayApp:
             return
         cursor = resume_cursor(scope, query)
         await self._serve(scope, receive, send, registry, instances, cursor, mux=path == "/events")
+
+    async def _serve_status(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.registry is not None
+        if self.status_feed is None:
+            self.status_feed = StatusFeed(self.registry)
+        feed = self.status_feed
+        stream = self.config.stream
+        subscriber = Subscriber(
+            QueueLimits(1, 1 << 20, Policy.LATEST), beat_interval_s=jittered(stream.heartbeat_s)
+        )
+        prelude = [first_bytes(stream.retry_min_ms, stream.retry_max_ms), *feed.attach(subscriber)]
+        await run_stream(
+            scope,
+            receive,
+            send,
+            subscriber=subscriber,
+            housekeeper=self.housekeeper,
+            prelude=prelude,
+            user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
+            on_close=lambda: feed.detach(subscriber),
+            topics=STATUS_STREAM_PATH,
+        )
 
     def _multiplexed_topics(
         self, registry: Registry, query: list[tuple[str, str]]
