@@ -69,7 +69,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import jwt
@@ -103,6 +103,7 @@ __all__ = [
     "authorize",
     "extract_bearer",
     "extract_credential",
+    "match_digest",
     "pattern_matches",
     "scrub_query",
 ]
@@ -310,12 +311,31 @@ def authorize(principal: Principal | None, instances: Sequence[TopicInstance]) -
 # --------------------------------------------------------------------------- verification
 
 
+class _HasDigest(Protocol):
+    @property
+    def digest(self) -> bytes: ...
+
+
+_E = TypeVar("_E", bound=_HasDigest)
+
+
 @dataclass(frozen=True, slots=True)
 class _OpaqueEntry:
     digest: bytes
     subject: str
     grants: tuple[str, ...]
     expires_at: float | None
+
+
+def match_digest(digest: bytes, entries: Iterable[_E]) -> _E | None:
+    """The entry whose ``.digest`` equals ``digest``. Every entry is compared, each in
+    constant time, with no early exit: the time taken says nothing about where (or whether)
+    a match was found."""
+    found: _E | None = None
+    for entry in entries:
+        if hmac.compare_digest(digest, entry.digest):
+            found = entry
+    return found
 
 
 def _is_number(value: object) -> bool:
@@ -380,9 +400,8 @@ class Authenticator:
                 key = load_public_key_file(path)
             except ValueError as exc:  # the file changed since validation
                 where = f"auth.jwt.public_key_files[{index}]"
-                raise ConfigError(
-                    [f"{where}: expected a PEM public key file ({exc}), got {path!r}"]
-                )
+                problem = f"{where}: expected a PEM public key file ({exc}), got {path!r}"
+                raise ConfigError([problem]) from None
             self._public_keys.append((key, public_key_algorithms(key) & set(cfg.algorithms)))
         require = ["exp", cfg.subject_claim, cfg.topics_claim]
         require += ["iss"] if cfg.issuer is not None else []
@@ -441,11 +460,7 @@ class Authenticator:
 
     def _opaque(self, value: str, source: CredentialSource) -> Principal | None:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-        found: _OpaqueEntry | None = None
-        for entry in self._tokens:
-            # Constant time per entry and no early exit: every digest is compared.
-            if hmac.compare_digest(digest, entry.digest):
-                found = entry
+        found = match_digest(digest, self._tokens)
         if found is None:
             return None
         if found.expires_at is not None and found.expires_at <= self._clock():

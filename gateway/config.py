@@ -4,8 +4,14 @@ Schema (every key is optional unless marked *required*; defaults shown)::
 
     server:
       listen: ["127.0.0.1:8080"]   # non-empty; "host:port", "[v6]:port", "unix:/abs/path", "fd://N"
-      tls: null                    # or {cert_file, key_file, ca_file: null}; files not opened here
-      workers: 1                   # 1..64
+      tls: null                    # or {cert_file, key_file, ca_file: null, min_version: TLSv1.2};
+                                   # files are opened when the server starts, not here
+      workers: 1                   # 1..64 processes, each an independent gateway
+      index_file: null             # an HTML file served at "/" (read at start)
+      h2_max_concurrent_streams: 100   # 1..1000, per HTTP/2 connection
+      h2_max_header_list_bytes: 16384  # 1024..1048576, per request (names + values + 32 each)
+      h2_max_resets_per_s: 20.0    # > 0, client RST_STREAMs per connection, sustained ...
+      h2_reset_burst: 100          # >= 1, ... and in a burst; beyond: GOAWAY ENHANCE_YOUR_CALM
     stream:                        # the browser-facing side
       heartbeat_s: 15.0            # 0 < x <= 300
       retry_min_ms: 1000           # >= 0
@@ -451,11 +457,14 @@ class _Model(BaseModel):
 
 
 class TLSConfig(_Model):
-    """Certificate files for HTTPS; existence is checked when the server starts, not here."""
+    """Certificate files for HTTPS; existence is checked when the server starts, not here.
+    ``cert_file`` holds the certificate, optionally followed by its chain; ``ca_file``
+    (optional) holds more chain certificates, sent after those of ``cert_file``."""
 
     cert_file: StrictStr = Field(min_length=1)
     key_file: StrictStr = Field(min_length=1)
     ca_file: StrictStr | None = Field(None, min_length=1)
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
 
 
 class ServerConfig(_Model):
@@ -464,6 +473,11 @@ class ServerConfig(_Model):
     listen: NonEmpty[tuple[ListenAddress, ...]] = ("127.0.0.1:8080",)
     tls: TLSConfig | None = None
     workers: StrictInt = Field(1, ge=1, le=64)
+    index_file: StrictStr | None = Field(None, min_length=1)
+    h2_max_concurrent_streams: StrictInt = Field(100, ge=1, le=1000)
+    h2_max_header_list_bytes: StrictInt = Field(16384, ge=1024, le=1048576)
+    h2_max_resets_per_s: StrictFloat = Field(20.0, gt=0)
+    h2_reset_burst: StrictInt = Field(100, ge=1)
 
 
 class StreamConfig(_Model):

@@ -113,7 +113,7 @@ class Unauthorized(AuthError):
 
 
 class Forbidden(AuthError):
-    """403: the credentials are fine but grant none of the requested topics."""
+    """403: the credentials are fine but lack a grant for one of the requested topics."""
 
     status = 403
     reason = "not granted"
