@@ -18,16 +18,20 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from importlib import resources
 from urllib.parse import parse_qsl
 
 import httpx
 
-from gateway.asgi import Receive, Scope, Send, header, respond
+from gateway.asgi import Headers, Receive, Scope, Send, header, respond
 from gateway.channel import attach_multiplexed
 from gateway.config import GatewayConfig
-from gateway.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
+from gateway.errors import AuthError, BadRequest, HTTPError, MethodNotAllowed, NotFound
+from gateway.gate import Gate
 from gateway.hub import CloseReason, Housekeeper, Policy, QueueLimits, Subscriber, jittered
+from gateway.limits import overload_body
+from gateway.logs import fields
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.ring import gap_frame
@@ -39,6 +43,8 @@ log = logging.getLogger("gateway.app")
 
 ALLOW = b"GET, HEAD, OPTIONS"
 STATUS_STREAM_PATH = "/_gateway/status/stream"
+# The shortest stream a credential close to expiry gets.
+MIN_STREAM_S = 1.0
 # Longer than any cursor the gateway hands out, so it resolves to a gap.
 MALFORMED_CURSOR = "~malformed" + "~" * 200
 # A vanished peer (no FIN) is noticed when heartbeat data stays unacknowledged
@@ -53,6 +59,7 @@ class GatewayApp:
         self.housekeeper = Housekeeper(send_timeout_s=config.stream.send_timeout_s)
         self.metrics = Metrics()
         self.status_feed: StatusFeed | None = None
+        self.gate: Gate | None = None
         self.registry: Registry | None = None
         self.client: httpx.AsyncClient | None = None
         self.ready = False
@@ -67,6 +74,7 @@ class GatewayApp:
             trust_env=False,
         )
         self.registry = Registry(self.config, client=self.client, metrics=self.metrics)
+        self.gate = Gate(self.config, client=self.client, metrics=self.metrics)
         self.registry.start_eager()
         self.housekeeper.start()
         self.ready = True
@@ -76,6 +84,8 @@ class GatewayApp:
         await self.housekeeper.stop()
         if self.registry is not None:
             await self.registry.close(CloseReason.SHUTDOWN)
+        if self.gate is not None:
+            await self.gate.aclose()
         if self.client is not None:
             await self.client.aclose()
 
@@ -119,14 +129,17 @@ class GatewayApp:
                 return f"upstream of {live.instance.path} not connected"
         return None
 
-    def reload(self, config: GatewayConfig) -> None:
+    async def reload(self, config: GatewayConfig) -> None:
         """Apply a new, already validated configuration (SIGHUP). New streams
-        use it at once; streams of unchanged topics keep going undisturbed.
+        use it at once (topics, auth keys and tokens, CORS, limits); streams of
+        unchanged topics keep going undisturbed.
         A removed topic ends its single-topic streams (with a ``retry:``; the
         reconnect then gets a 404) and leaves multiplexed streams with a
         ``gateway-gap`` event whose reason is ``removed``."""
         self.config = config
         self.housekeeper.send_timeout_s = config.stream.send_timeout_s
+        if self.gate is not None:
+            await self.gate.reload(config)
         if self.registry is None:
             return
         for live in self.registry.reload(config):
@@ -167,24 +180,42 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
+        cors: Headers = []
         try:
-            await self._http(scope, receive, send)
+            gate = self.gate
+            assert gate is not None, "request before lifespan startup"
+            gate.check_size(scope)
+            cors = gate.cors_headers(scope)
+            await self._http(scope, receive, send, gate, cors)
         except HTTPError as error:
-            await respond(
-                send,
-                error.status,
-                f"{error.detail}\n".encode(),
-                headers=[(b"allow", ALLOW)] if isinstance(error, MethodNotAllowed) else None,
-            )
+            headers = list(cors)
+            if isinstance(error, MethodNotAllowed):
+                headers.append((b"allow", ALLOW))
+            if isinstance(error, AuthError):
+                headers.append((b"www-authenticate", error.www_authenticate()))
+                log.info(
+                    "refused",
+                    extra=fields(
+                        path=scope["path"], status=error.status, reason=error.detail, why=error.why
+                    ),
+                )
+            await respond(send, error.status, f"{error.detail}\n".encode(), headers=headers)
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(
+        self, scope: Scope, receive: Receive, send: Send, gate: Gate, cors: Headers
+    ) -> None:
         method = scope["method"]
         head = method == "HEAD"
         path = scope["path"]
+        if method == "POST" and path == gate.ticket_path:
+            body = await gate.ticket(scope)
+            await respond(send, 200, body, content_type=b"application/json", headers=cors)
+            return
         if method not in ("GET", "HEAD", "OPTIONS"):
             raise MethodNotAllowed(f"method {method} not allowed")
         if method == "OPTIONS":
-            await respond(send, 204, headers=[(b"allow", ALLOW)])
+            preflight = gate.preflight(scope)
+            await respond(send, 204, headers=preflight or [(b"allow", ALLOW)])
             return
         if path == "/healthz":
             await respond(send, 200, b"ok\n", head=head)
@@ -219,27 +250,40 @@ class GatewayApp:
             instances = self._multiplexed_topics(registry, query)
         else:
             instances = [registry.router.resolve(scope["raw_path"].decode("latin-1"))]
+        principal = await gate.admit(scope, instances)
+        headers = stream_headers(scope) + cors
         if head:
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": stream_headers(scope)}
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        if self.draining:
-            # Not 503: any non-200 stops an EventSource for good (DESIGN.md §4).
-            stream = self.config.stream
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": stream_headers(scope)}
-            )
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": retry_frame(stream.retry_min_ms, stream.retry_max_ms),
-                }
-            )
+        lease = None if self.draining else gate.lease(scope, principal)
+        if lease is None:
+            # Draining or over a limit. Not 429/503: any non-200 stops an
+            # EventSource for good (DESIGN.md §4); a long jittered retry spreads
+            # the returns.
+            limits = self.config.limits
+            if self.draining:
+                body = retry_frame(self.config.stream.retry_min_ms, self.config.stream.retry_max_ms)
+            else:
+                body = overload_body(limits.overload_retry_min_ms, limits.overload_retry_max_ms)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
-        cursor = resume_cursor(scope, query)
-        await self._serve(scope, receive, send, registry, instances, cursor, mux=path == "/events")
+        try:
+            cursor = resume_cursor(scope, query)
+            await self._serve(
+                scope,
+                receive,
+                send,
+                registry,
+                instances,
+                cursor,
+                mux=path == "/events",
+                extra_headers=cors,
+                expires_in_s=principal.seconds_left(time.time()) if principal else None,
+            )
+        finally:
+            lease.release()
 
     async def _serve_status(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.registry is not None
@@ -291,6 +335,8 @@ class GatewayApp:
         cursor: str | None,
         *,
         mux: bool,
+        extra_headers: Headers,
+        expires_in_s: float | None,
     ) -> None:
         stream = self.config.stream
         lives = [registry.acquire(instance) for instance in instances]
@@ -311,7 +357,18 @@ class GatewayApp:
         else:
             prelude += lives[0].channel.attach(subscriber, cursor)
 
+        expiry = None
+        if expires_in_s is not None:
+            # The credential's expiry ends the stream (with a retry:); the
+            # reconnect must bring a fresh token. A floor keeps a token accepted
+            # within the leeway from reconnecting in a tight loop.
+            expiry = asyncio.get_running_loop().call_later(
+                max(expires_in_s, MIN_STREAM_S), self._end_stream, subscriber
+            )
+
         def detach() -> None:
+            if expiry is not None:
+                expiry.cancel()
             for live in lives:
                 live.channel.detach(subscriber)
                 registry.release(live)
@@ -327,6 +384,7 @@ class GatewayApp:
             on_close=detach,
             topics=",".join(instance.path for instance in instances),
             metrics=self.metrics,
+            extra_headers=extra_headers,
         )
 
 

@@ -64,6 +64,7 @@ async def run_stream(
     on_close: Callable[[], None],
     topics: str,
     metrics: Metrics | None = None,
+    extra_headers: Headers | None = None,
 ) -> None:
     """Serve ``subscriber`` until it is closed, the client leaves or an abort.
     ``on_close`` runs exactly once, synchronously, as soon as the stream ends,
@@ -87,7 +88,10 @@ async def run_stream(
     if metrics is not None:
         metrics.connections.labels(protocol).inc()
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
+        headers = stream_headers(scope)
+        if extra_headers:
+            headers += extra_headers
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         for batch in batched(prelude, REPLAY_BATCH_BYTES):
             subscriber.sending_since = time.monotonic()
             await send({"type": "http.response.body", "body": batch, "more_body": True})

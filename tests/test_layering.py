@@ -9,7 +9,16 @@ import sys
 
 import gateway
 
-SANS_IO = ("gateway.sse", "gateway.config", "gateway.topics", "gateway.errors")
+SANS_IO = (
+    "gateway.sse",
+    "gateway.config",
+    "gateway.topics",
+    "gateway.errors",
+    "gateway.ring",
+    "gateway.cors",
+    "gateway.limits",
+    "gateway.tickets",
+)
 
 
 def test_every_module_imports() -> None:

@@ -34,7 +34,7 @@ async def test_reload_applies_changes_and_keeps_the_rest(upstream: FakeUpstream)
         await t.wait_events(1)
         await v.wait_events(1)
 
-        app.reload(parse_config(topics_yaml(upstream, after)))
+        await app.reload(parse_config(topics_yaml(upstream, after)))
 
         # removed: the single-topic stream ends with a retry, the mux one is told
         await u.wait_closed(timeout=5)
