@@ -82,9 +82,9 @@ Schema (every key is optional unless marked *required*; defaults shown)::
                                    # "*" (only with allow_credentials false)
         max_age_s: 600             # 0..86400, preflight cache
     limits:                        # always on, per process
-      max_connections: 10000       # >= 1, streams in total
-      max_connections_per_ip: 200  # >= 1
-      max_connections_per_subject: 50  # >= 1
+      max_connections: 16384       # >= 1, streams in total
+      max_connections_per_ip: 1000 # >= 1
+      max_connections_per_subject: 100  # >= 1
       trusted_proxies: []          # CIDRs (or "unix") whose X-Forwarded-For is believed
       max_header_bytes: 8192       # 1024..1048576, names + values + 4 per header (431)
       max_headers: 64              # 8..1000 (431)
@@ -1060,9 +1060,12 @@ class AuthConfig(_Model):
 class LimitsConfig(_Model):
     """Per-process connection caps and request bounds (hypercorn's own are loose)."""
 
-    max_connections: StrictInt = Field(10000, ge=1)
-    max_connections_per_ip: StrictInt = Field(200, ge=1)
-    max_connections_per_subject: StrictInt = Field(50, ge=1)
+    # A process holds about one connection per file descriptor; staying under the
+    # descriptor limit keeps accept() (and health checks) working under a storm.
+    max_connections: StrictInt = Field(16384, ge=1)
+    # Offices and mobile carriers put many browsers behind one address.
+    max_connections_per_ip: StrictInt = Field(1000, ge=1)
+    max_connections_per_subject: StrictInt = Field(100, ge=1)
     trusted_proxies: tuple[Annotated[StrictStr, AfterValidator(_check_proxy)], ...] = ()
     max_header_bytes: StrictInt = Field(8192, ge=1024, le=1048576)
     max_headers: StrictInt = Field(64, ge=8, le=1000)

@@ -47,9 +47,9 @@ def test_without_auth_everything_is_public_and_limits_default() -> None:
     config = parse()
     assert config.auth is None
     assert config.limits == LimitsConfig()
-    assert config.limits.max_connections == 10000
-    assert config.limits.max_connections_per_ip == 200
-    assert config.limits.max_connections_per_subject == 50
+    assert config.limits.max_connections == 16384
+    assert config.limits.max_connections_per_ip == 1000
+    assert config.limits.max_connections_per_subject == 100
     assert config.limits.trusted_proxies == ()
     assert (config.limits.max_header_bytes, config.limits.max_headers) == (8192, 64)
     assert config.limits.max_url_bytes == 4096
