@@ -731,7 +731,11 @@ def test_example_config_passes_check() -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "BACKEND_TOKEN": "deploy-test"},
+        env={
+            **os.environ,
+            "BACKEND_TOKEN": "deploy-test",
+            "JWT_SECRET": "deploy-test-secret-of-at-least-32-bytes",
+        },
     )
     assert result.returncode == 0, result.stderr
     assert "config.example.yaml: ok" in result.stdout

@@ -160,6 +160,10 @@ def test_check_accepts_the_example_config() -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={"BACKEND_TOKEN": "example", "PATH": "/usr/bin:/bin"},
+        env={
+            "BACKEND_TOKEN": "example",
+            "JWT_SECRET": "example-secret-of-at-least-32-bytes",
+            "PATH": "/usr/bin:/bin",
+        },
     )
     assert result.returncode == 0, result.stderr
