@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import sys
+from typing import cast
 
 import uvloop
 
@@ -52,8 +54,7 @@ class ClientProtocol(asyncio.Protocol):
         self.head: bytes | None = b""  # None once streaming
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.head is None:
@@ -86,7 +87,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.body = b""  # de-framed bytes not yet a complete event
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -139,10 +140,8 @@ async def serve(fd: int, upstream: str) -> None:
 def serve_main(fd: int, upstream: str) -> int:
     die_with_parent()
     raise_nofile()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM: the scenario is done
         uvloop.run(serve(fd, upstream))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

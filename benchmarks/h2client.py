@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import h2.config
 import h2.connection
@@ -22,7 +22,8 @@ import h2.exceptions
 import h2.settings
 
 if TYPE_CHECKING:
-    from benchmarks.loadgen import Slot, Worker
+    from benchmarks.loadgen import Worker
+    from benchmarks.sseclient import Slot
 
 WINDOW = 1 << 24  # per stream; the connection window gets 1 GiB
 
@@ -41,8 +42,7 @@ class H2Client(asyncio.Protocol):
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         conn = self.conn
         conn.local_settings = h2.settings.Settings(
             client=True,
@@ -65,7 +65,7 @@ class H2Client(asyncio.Protocol):
             slot.started_ns = time.monotonic_ns()
             conn.send_headers(stream_id, headers, end_stream=True)
             self.by_stream[stream_id] = slot
-        transport.write(conn.data_to_send())
+        self.transport.write(conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()

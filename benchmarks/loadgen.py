@@ -8,15 +8,12 @@ from its own source address (127.0.0.2, 127.0.0.3, ...). A client connects
 lines. With ``kind="h2"`` a worker instead opens h2c (prior knowledge)
 connections with the ``h2`` library and one GET stream per client.
 
-Measured, per client, with O(1) state (:class:`Tracker`):
+Measured, per client (:mod:`benchmarks.sseclient`, O(1) state each):
 
 - *established*: the first body bytes (the gateway's ``: ok`` comment)
   arrived; connect time is from just before ``connect()`` to then;
-- per event: ``seq`` and the publish timestamp from the ``data:`` line
-  (``<seq> <CLOCK_MONOTONIC ns> <pad>``, see :mod:`benchmarks.upstream`), and
-  the ``id:`` value (for ``Last-Event-ID``). Latency = receive time (one
-  ``monotonic_ns()`` per read) minus publish time; the clock is system-wide,
-  so the subtraction across processes is valid;
+- per event: publish -> receive latency, from the timestamp the origin put in
+  the data (:mod:`benchmarks.upstream`);
 - loss: every client is connected before the first event is published, so it
   should see every ``seq`` from 1 to the last published one. Events are
   expected in order: a ``seq`` above the last one seen counts as received
@@ -41,182 +38,17 @@ import socket
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
 
 from benchmarks import stats
 from benchmarks.proc import IP_BIND_ADDRESS_NO_PORT, child_setup, self_cpu_seconds
+from benchmarks.sseclient import H1Client, Slot, Tracker, error_kind
 
 MAX_CLIENTS_PER_WORKER = 15000
-HEAD_LIMIT = 16384
 monotonic_ns = time.monotonic_ns
-
-
-class Tracker:
-    """One logical client: what it received, across reconnects."""
-
-    __slots__ = ("dead", "dups", "last", "last_id", "pending", "protocol", "unique", "worker")
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.protocol: H1Client | None = None  # the live HTTP/1.1 connection
-        self.last = 0
-        self.unique = 0
-        self.dups = 0
-        self.last_id = b""
-        self.pending = b""
-        self.dead = False
-
-    def feed(self, data: bytes, now: int) -> None:
-        """A piece of the SSE body (de-framed) received at ``now``."""
-        buf = self.pending + data if self.pending else data
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self.pending = buf
-            return
-        self.pending = buf[end + 2 :]
-        worker = self.worker
-        latencies = worker.latencies
-        count = 0
-        for block in buf[:end].split(b"\n\n"):
-            i = block.find(b"data: ")
-            if i < 0:
-                continue  # comments, retry:, id-only blocks
-            j = block.find(b" ", i + 6)
-            k = block.find(b" ", j + 1)
-            seq = int(block[i + 6 : j])
-            latencies.append((now - int(block[j + 1 : k])) // 1000)
-            count += 1
-            if seq > self.last:
-                self.last = seq
-                self.unique += 1
-            else:
-                self.dups += 1
-            if block.startswith(b"id: "):
-                self.last_id = block[4 : block.index(b"\n")]
-            if worker.feedback is not None:
-                worker.count_seq(seq)
-        if count:
-            worker.deliveries += count
-            worker.reads += 1
-            worker.last_rx_ns = now
-
-
-class Slot:
-    """One attempt to stream for a tracker: a TCP connection (HTTP/1.1) or an
-    HTTP/2 stream. Resolves ``ready`` when established or failed."""
-
-    __slots__ = ("closing", "established", "ready", "started_ns", "tracker")
-
-    def __init__(self, tracker: Tracker, ready: asyncio.Future[None]) -> None:
-        self.tracker = tracker
-        self.started_ns = monotonic_ns()
-        self.established = False
-        self.closing = False
-        self.ready = ready
-
-
-def _error_kind(exc: BaseException | None) -> str:
-    if exc is None:
-        return "eof"
-    return type(exc).__name__
-
-
-class H1Client(asyncio.Protocol):
-    """One HTTP/1.1 SSE client connection; de-chunks and feeds its tracker."""
-
-    def __init__(self, worker: Worker, slot: Slot, request: bytes) -> None:
-        self.worker = worker
-        self.slot = slot
-        self.tracker = slot.tracker
-        self.request = request
-        self.transport: asyncio.Transport | None = None
-        self.head: bytes | None = b""
-        self.chunked = False
-        self.left = 0  # bytes left in the current chunk
-        self.skip = 0  # bytes of CRLF after a chunk still to skip
-        self.tail = b""  # an incomplete chunk-size line
-        self.failed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        now = monotonic_ns()
-        if self.failed:
-            return
-        if self.head is not None:
-            head = self.head + data
-            end = head.find(b"\r\n\r\n")
-            if end < 0:
-                self.head = head
-                if len(head) > HEAD_LIMIT:
-                    self._fail("head_too_long")
-                return
-            self.head = None
-            status = head[9:12]
-            if not head.startswith(b"HTTP/1.") or status != b"200":
-                self._fail(f"status_{status.decode('latin-1')}")
-                return
-            self.chunked = b"transfer-encoding: chunked" in head[:end].lower()
-            data = head[end + 4 :]
-            if not data:
-                return
-        body = self._dechunk(data) if self.chunked else data
-        if body:
-            if not self.slot.established:
-                self.worker.established(self.slot, now)
-            self.tracker.feed(body, now)
-
-    def _dechunk(self, data: bytes) -> bytes:
-        if self.tail:
-            data = self.tail + data
-            self.tail = b""
-        out = []
-        pos, size = 0, len(data)
-        while pos < size:
-            if self.left:
-                end = pos + self.left
-                if end <= size:
-                    out.append(data[pos:end])
-                    self.left = 0
-                    self.skip = 2
-                    pos = end
-                else:
-                    out.append(data[pos:])
-                    self.left -= size - pos
-                    pos = size
-            elif self.skip:
-                step = min(self.skip, size - pos)
-                self.skip -= step
-                pos += step
-            else:
-                eol = data.find(b"\r\n", pos)
-                if eol < 0:
-                    self.tail = data[pos:]
-                    break
-                length = int(data[pos:eol].split(b";", 1)[0], 16)
-                pos = eol + 2
-                if length == 0:  # the server ended the response
-                    break
-                self.left = length
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def _fail(self, kind: str) -> None:
-        self.failed = True
-        self.worker.fail(self.slot, kind)
-        self.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.worker.lost(self.slot, _error_kind(exc))
 
 
 class Worker:
@@ -234,7 +66,9 @@ class Worker:
         self.trackers = [Tracker(self) for _ in range(spec["clients"])]
         self.latencies: array[int] = array("q")
         self.connect_us: array[int] = array("q")
+        self.failed_us: array[int] = array("q")  # connect start -> failure
         self.deliveries = 0
+        self.foreign = 0  # events whose data is not "<seq> <ts> <pad>"
         self.reads = 0
         self.last_rx_ns = 0
         self.live = 0
@@ -267,6 +101,7 @@ class Worker:
             return
         self.failed += 1
         self.errors[kind] += 1
+        self.failed_us.append((monotonic_ns() - slot.started_ns) // 1000)
         slot.tracker.dead = True
         slot.ready.set_result(None)
 
@@ -359,7 +194,7 @@ class Worker:
                 )
                 tracker.protocol = protocol
             except OSError as exc:
-                self.fail(slot, _error_kind(exc))
+                self.fail(slot, error_kind(exc))
             await slot.ready
 
     # -- phases --------------------------------------------------------------------
@@ -367,6 +202,7 @@ class Worker:
     async def connect(self, args: dict[str, Any]) -> dict[str, Any]:
         started = monotonic_ns()
         timeout = float(args.get("timeout", 60.0))
+        coro: Awaitable[Any]
         if self.kind == "h2":
             coro = self._connect_h2()
         else:
@@ -397,7 +233,7 @@ class Worker:
                 self.h2_protocols.append(protocol)
             except OSError as exc:
                 for slot in group_slots:
-                    self.fail(slot, _error_kind(exc))
+                    self.fail(slot, error_kind(exc))
             await asyncio.gather(*(slot.ready for slot in group_slots))
 
         await asyncio.gather(*(one(group) for group in groups if group))
@@ -408,11 +244,15 @@ class Worker:
             "established": self.live,
             "failed": self.failed,
             "connect_hist": stats.compact(self.connect_us),
+            "failed_hist": stats.compact(self.failed_us),
             "all_established_s": round(last / 1e6, 3) if self.live else None,
             "phase_s": round((monotonic_ns() - started) / 1e9, 3),
             "errors": dict(self.errors),
         }
         self.connect_us = array("q")
+        self.failed_us = array("q")
+        self.failed = 0
+        self.errors = Counter()
         return report
 
     async def reconnect(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -443,16 +283,21 @@ class Worker:
             if all(t.last >= last_seq or t.dead for t in self.trackers):
                 break
             await asyncio.sleep(0.01)
-        lost = 0
-        lossy = 0
+        lost = tail = lossy = 0
         for tracker in self.trackers:
-            missing = max(0, last_seq - tracker.unique) if last_seq else 0
+            missing = max(0, last_seq - tracker.unique)
             lost += missing
+            # Events after the last one received: not there yet when the drain
+            # gave up (late, or never coming). The rest are gaps: skipped for good.
+            tail += min(missing, last_seq - tracker.last)
             lossy += missing > 0
         return {
-            "deliveries": self.deliveries,
+            "deliveries": self.deliveries - self.foreign,
+            "foreign_events": self.foreign,
             "reads": self.reads,
             "lost": lost,
+            "lost_tail": tail,
+            "drain_timed_out": int(time.monotonic() >= deadline),
             "clients_with_loss": lossy,
             "dups": sum(t.dups for t in self.trackers),
             "disconnects": dict(self.disconnects),

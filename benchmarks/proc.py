@@ -79,12 +79,18 @@ def child_setup(cpu: int | None) -> None:
     sys.stdout = sys.stderr
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (resolution: one clock tick, 10 ms)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` in seconds (resolution: one clock tick, 10 ms)."""
     raw = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces and parentheses: fields start after the last ')'.
     fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    user, system = cpu_times(pid)
+    return user + system
 
 
 def self_cpu_seconds() -> float:

@@ -68,6 +68,8 @@ def parse_rate(text: str) -> float | None:
 def run(name: str, body: Callable[[contextlib.ExitStack], Result], *, timeout_s: float) -> int:
     raise_nofile()
     signal.signal(signal.SIGTERM, _on_term)
+    # Also when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(max(1, int(timeout_s)))
     code = 0

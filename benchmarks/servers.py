@@ -1,8 +1,8 @@
 """The servers under test, each one process the scenarios can pin, measure and kill.
 
 - ``gateway``: ``python -m gateway run --config FILE`` with a temp config (one
-  topic ``/bench`` over the origin's ``/stream``) on a socket we bound and pass
-  as ``fd://N``.
+  topic ``/bench`` over the origin's ``/stream``, connection limits raised
+  above the client count) on a socket we bound and pass as ``fd://N``.
 - ``floor``: :mod:`benchmarks.floor`'s raw uvloop fan-out server, same socket
   passing, same origin.
 - ``nchan``: nginx with the nchan module, ``daemon off; master_process off;
@@ -42,20 +42,36 @@ class Server:
         self.child.stop()
 
 
-def gateway_config(fd: int, upstream_url: str) -> dict[str, object]:
-    return {
+def gateway_config(fd: int, upstream_url: str, clients: int) -> dict[str, object]:
+    """One topic; everything else at the gateway's defaults, except connection
+    limits: the load generator's few source addresses would otherwise hit the
+    per-IP limit (a load balancer not declared as a trusted proxy would too).
+    What is measured is fan-out, not the limiter. Older gateways without
+    ``limits`` get no such key (unknown keys are config errors)."""
+    config: dict[str, object] = {
         "server": {"listen": [f"fd://{fd}"]},
         "topics": [{"name": "bench", "path": "/bench", "upstream": upstream_url}],
     }
+    from gateway.config import GatewayConfig
+
+    field = GatewayConfig.model_fields.get("limits")
+    known = getattr(field.annotation, "model_fields", {}) if field is not None else {}
+    # Room for a whole reconnect storm while the old connections are released.
+    ceiling = 2 * clients + 100
+    limits = {key: ceiling for key in ("max_connections", "max_connections_per_ip") if key in known}
+    if limits:
+        config["limits"] = limits
+    return config
 
 
-def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None) -> Server:
+def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None, clients: int) -> Server:
     sock = listen_socket(HOST)
     try:
         port = int(sock.getsockname()[1])
         config_path = tmp / "gateway.yaml"
         upstream = f"http://{HOST}:{upstream_port}/stream"
-        config_path.write_text(yaml.safe_dump(gateway_config(sock.fileno(), upstream)))
+        config = gateway_config(sock.fileno(), upstream, clients)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(config_path)]
         child = Child(argv, log_path=tmp / "gateway.log", cpu=cpu, pass_fds=[sock.fileno()])
     finally:
@@ -145,7 +161,8 @@ def start_nchan(tmp: Path, *, cpu: int | None) -> Server:
     conf = tmp / "nginx.conf"
     conf.write_text(NCHAN_CONF.format(tmp=tmp, module=NCHAN_MODULE, host=HOST, port=port))
     argv = [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
-    child = Child(argv, log_path=tmp / "nginx.out", cpu=cpu)
+    # Its stderr and its error log in one file, so a failed start shows why.
+    child = Child(argv, log_path=tmp / "error.log", cpu=cpu)
     server = Server("nchan", child, HOST, port, "/sub")
     try:
         wait_http_ok(child, HOST, port, "/healthz")

@@ -16,7 +16,7 @@ def quantize(value: int) -> int:
     """``value`` rounded to three significant digits (exact below 1000)."""
     if value < 1000:
         return value
-    scale = 10 ** (len(str(value)) - 3)
+    scale = int(10 ** (len(str(value)) - 3))
     return (value + scale // 2) // scale * scale
 
 
