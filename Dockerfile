@@ -16,9 +16,9 @@
 # 127.0.0.1 would only be reachable from inside the container. Secrets come from
 # the environment (-e / --env-file) as ${VAR} in the YAML.
 #
-# Stopping: SIGTERM ends every stream cleanly, then the process exits. Today
-# that takes at most ~5 s, and a configurable drain window (default 10 s) is
-# planned; `docker stop` waits only 10 s by default before SIGKILL, hence
+# Stopping: SIGTERM ends every stream, spread over server.drain_window_s
+# (default 10 s), and the process exits within the window plus about a second;
+# `docker stop` waits only 10 s by default before SIGKILL, hence
 # --stop-timeout 30 (compose: stop_grace_period: 30s).
 #
 # One connection holds one file descriptor: raise nofile as above for many

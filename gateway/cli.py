@@ -36,7 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     from gateway.server import run
 
-    return run(config)
+    return run(config, config_path=args.config)  # read again on SIGHUP
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ Schema (every key is optional unless marked *required*; defaults shown)::
       h2_max_header_list_bytes: 16384  # 1024..1048576, per request (names + values + 32 each)
       h2_max_resets_per_s: 20.0    # > 0, client RST_STREAMs per connection, sustained ...
       h2_reset_burst: 100          # >= 1, ... and in a burst; beyond: GOAWAY ENHANCE_YOUR_CALM
+      drain_window_s: 10.0         # 0..600, SIGTERM ends streams spread over this window
     stream:                        # the browser-facing side
       heartbeat_s: 15.0            # 0 < x <= 300
       retry_min_ms: 1000           # >= 0
@@ -478,6 +479,9 @@ class ServerConfig(_Model):
     h2_max_header_list_bytes: StrictInt = Field(16384, ge=1024, le=1048576)
     h2_max_resets_per_s: StrictFloat = Field(20.0, gt=0)
     h2_reset_burst: StrictInt = Field(100, ge=1)
+    # SIGTERM ends the streams spread over this many seconds (clients come back
+    # spread too); the process exits within it plus about a second.
+    drain_window_s: StrictFloat = Field(10.0, ge=0, le=600)
 
 
 class StreamConfig(_Model):

@@ -231,8 +231,6 @@ SERVICE_DIRECTIVES = {
     "SystemCallArchitectures": "native",
     "CapabilityBoundingSet": "",
     "SystemCallErrorNumber": "EPERM",
-    # Until SIGHUP reloads, `systemctl reload` kills the gateway: have systemd restart it.
-    "RestartForceExitStatus": "SIGHUP",
 }
 
 

@@ -165,7 +165,7 @@ def test_counts_stay_exact_under_random_churn() -> None:
 
 def test_from_config() -> None:
     limiter = ConnectionLimiter.from_config(LimitsConfig())
-    assert (limiter.max_total, limiter.max_per_ip, limiter.max_per_subject) == (10000, 200, 50)
+    assert (limiter.max_total, limiter.max_per_ip, limiter.max_per_subject) == (16384, 1000, 100)
 
 
 # --------------------------------------------------------------------------- request size
