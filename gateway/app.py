@@ -44,6 +44,7 @@ log = logging.getLogger("gateway.app")
 
 ALLOW = b"GET, HEAD, OPTIONS"
 STATUS_STREAM_PATH = "/_gateway/status/stream"
+ADMIN_PATHS = frozenset({"/metrics", "/status", STATUS_STREAM_PATH})
 # How long a drain waits past its window for the last streams to flush.
 DRAIN_GRACE_S = 0.5
 # The shortest stream a credential close to expiry gets.
@@ -231,6 +232,8 @@ class GatewayApp:
             else:
                 await respond(send, 503, f"not ready: {problem}\n".encode(), head=head)
             return
+        if path in ADMIN_PATHS:
+            gate.check_admin(scope)
         if path == "/metrics":
             body, content_type = self.metrics.render()
             await respond(send, 200, body, content_type=content_type.encode(), head=head)

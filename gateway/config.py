@@ -92,6 +92,9 @@ Schema (every key is optional unless marked *required*; defaults shown)::
       max_url_bytes: 4096          # 256..65536, raw path + query (414)
       overload_retry_min_ms: 10000 # >= 0; overload answer: 200, "retry:" in [min, max], close
       overload_retry_max_ms: 30000 # >= overload_retry_min_ms
+    admin:                         # who may read /metrics and the status page
+      token: null                  # >= 16 chars; then "Authorization: Bearer" or ?token= is needed
+      allow: []                    # CIDRs (or "unix") of clients allowed; empty: any
 
 Types are strict: ``"15"`` is not an integer and ``1`` or ``"true"`` is not a boolean, because
 a silently coerced typo is worse than a start-up error. An integer is accepted where a number is
@@ -158,6 +161,7 @@ __all__ = [
     "PLACEHOLDER_RE",
     "RESERVED_PATHS",
     "RESERVED_PREFIX",
+    "AdminConfig",
     "AuthConfig",
     "CorsConfig",
     "FrozenDict",
@@ -1099,6 +1103,17 @@ def _grant_errors(auth: AuthConfig, topics: Sequence[TopicConfig]) -> list[InitE
     return errors
 
 
+class AdminConfig(_Model):
+    """Who may read ``/metrics`` and the status page (``/status`` and its stream)."""
+
+    # When set, a request must carry "Authorization: Bearer <token>" (the status
+    # page, an EventSource, may put it in ?token= instead).
+    token: StrictStr | None = Field(None, min_length=16)
+    # When non-empty, only clients whose own address (not X-Forwarded-For) is in
+    # one of these CIDRs; "unix" for unix-socket peers.
+    allow: tuple[Annotated[StrictStr, AfterValidator(_check_proxy)], ...] = ()
+
+
 class GatewayConfig(_Model):
     """The whole configuration file."""
 
@@ -1109,6 +1124,7 @@ class GatewayConfig(_Model):
     topics: NonEmpty[tuple[TopicConfig, ...]]
     auth: AuthConfig | None = None  # declared after topics: its validator reads them
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("auth")
     @classmethod

@@ -13,8 +13,11 @@ Without an ``auth`` section every topic is public and no credential is read.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 from collections.abc import Sequence
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -22,10 +25,18 @@ from gateway.asgi import Headers, Scope, header
 from gateway.auth import Authenticator, Principal, authorize, extract_bearer, extract_credential
 from gateway.config import GatewayConfig
 from gateway.cors import CorsPolicy
-from gateway.errors import AuthError
+from gateway.errors import AuthError, NotFound, Unauthorized
 from gateway.limits import ConnectionLimiter, Lease, TrustedProxies, check_request_size, client_ip
 from gateway.metrics import Metrics
 from gateway.topics import TopicInstance
+
+
+def query_value(scope: Scope, name: str) -> str | None:
+    query: bytes = scope["query_string"]
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == name:
+            return value
+    return None
 
 
 class Gate:
@@ -125,6 +136,31 @@ class Gate:
             raise
         ttl = self.config.auth.tickets.ttl_s
         return json.dumps({"ticket": ticket, "expires_in": ttl}).encode()
+
+    # -- admin endpoints ---------------------------------------------------------------
+
+    def check_admin(self, scope: Scope) -> None:
+        """``/metrics`` and the status page: the admin token and client networks."""
+        admin = self.config.admin
+        if admin.allow and not self._admin_peer(scope):
+            raise NotFound()  # as if it were not there
+        if admin.token is None:
+            return
+        presented = extract_bearer(scope)
+        value = presented.value if presented is not None else query_value(scope, "token")
+        if value is None or not hmac.compare_digest(value.encode(), admin.token.encode()):
+            self.metrics.auth_failures.labels("admin").inc()
+            raise Unauthorized("missing credentials" if value is None else "invalid token")
+
+    def _admin_peer(self, scope: Scope) -> bool:
+        allowed = TrustedProxies(self.config.admin.allow)
+        peer = scope.get("client")
+        if peer is None:
+            return allowed.unix
+        try:
+            return ipaddress.ip_address(str(peer[0])) in allowed
+        except ValueError:
+            return False
 
     # -- 4. limits -------------------------------------------------------------------
 

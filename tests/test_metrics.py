@@ -61,3 +61,31 @@ async def test_metrics_count_fanout_resumes_and_upstreams(upstream: FakeUpstream
         assert value(text, "sse_gateway_delivery_lag_seconds_count") > 0
         assert 'topic="/orders' not in text  # instance paths never become labels
         await slow.close()
+
+
+async def test_admin_token_and_networks_guard_metrics_and_status(upstream: FakeUpstream) -> None:
+    token = "admin-token-0123456789"
+    config = (
+        f"admin: {{token: {token}}}\n"
+        f"topics: [{{name: t, path: /t, upstream: '{upstream.url('/t')}'}}]\n"
+    )
+    async with serve_inprocess(config) as (_, port):
+        for path in ("/metrics", "/status", "/_gateway/status/stream"):
+            status, _, _ = await request("127.0.0.1", port, "HEAD", path)
+            assert status == 401
+            bad = [("authorization", "Bearer wrong-token-000000")]
+            assert (await request("127.0.0.1", port, "HEAD", path, headers=bad))[0] == 401
+        good = [("authorization", f"Bearer {token}")]
+        assert (await request("127.0.0.1", port, "GET", "/metrics", headers=good))[0] == 200
+        assert (await request("127.0.0.1", port, "GET", f"/status?token={token}"))[0] == 200
+        stream = await open_sse(f"http://127.0.0.1:{port}/_gateway/status/stream?token={token}")
+        assert stream.status == 200
+        await stream.aclose()
+        assert (await request("127.0.0.1", port, "GET", "/healthz"))[0] == 200  # never guarded
+    config = (
+        "admin: {allow: [10.0.0.0/8]}\n"
+        f"topics: [{{name: t, path: /t, upstream: '{upstream.url('/t')}'}}]\n"
+    )
+    async with serve_inprocess(config) as (_, port):
+        assert (await request("127.0.0.1", port, "GET", "/metrics"))[0] == 404
+        assert (await request("127.0.0.1", port, "GET", "/status"))[0] == 404
