@@ -125,6 +125,11 @@ class Channel:
                 subscriber.offer(mux)
         self._events_in.inc()
         self._deliveries.inc(len(self.subscribers) + len(self.mux_subscribers))
+        if self.metrics is not None:
+            # Frames written at once (the fast path) reached their sockets within
+            # this loop: its duration is their lag. Queued ones are timed by
+            # their writer.
+            self.metrics.lag.observe(self.clock() - entry.at)
 
     def mux_frame(self, entry: Entry) -> bytes:
         """``entry`` as a multiplexed stream sends it, encoded once and kept."""

@@ -68,6 +68,7 @@ class Subscriber:
         "beat_interval_s",
         "close_reason",
         "closed",
+        "direct",
         "dropped",
         "last_write_at",
         "limits",
@@ -94,6 +95,9 @@ class Subscriber:
         self.queued_at = 0.0  # when the oldest queued frame was queued
         self._waiter: asyncio.Future[None] | None = None
         self._abort: Callable[[], None] | None = None
+        # Set by the stream while its connection can take a frame written at
+        # once, bypassing the queue and the writer (see gateway.hyperglue).
+        self.direct: Callable[[bytes], bool] | None = None
 
     def set_abort(self, abort: Callable[[], None]) -> None:
         """How to tear the connection down when the subscriber must go at once
@@ -101,10 +105,17 @@ class Subscriber:
         self._abort = abort
 
     def offer(self, frame: bytes) -> None:
-        """Queue one encoded frame. Never awaits; applies the slow-consumer policy."""
+        """Write one encoded frame at once if the connection takes it, else queue
+        it. Never awaits; applies the slow-consumer policy."""
         if self.closed:
             return
         queue = self.queue
+        # The fast path: nothing waits before this frame and no send is in
+        # flight, so writing now keeps the order; the writer task stays asleep.
+        direct = self.direct
+        if direct is not None and not queue and not self.sending_since and direct(frame):
+            self.sent_events += 1
+            return
         size = len(frame)
         limits = self.limits
         if limits.policy is Policy.LATEST:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from gateway import sse
 from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.hub import CloseReason, Housekeeper, Subscriber
-from gateway.hyperglue import connection_of
+from gateway.hyperglue import DirectH11Writer, connection_of
 from gateway.logs import fields
 from gateway.metrics import OFF, Metrics
 
@@ -84,6 +84,7 @@ async def run_stream(
     housekeeper.register(subscriber)
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscriber))
     started = time.monotonic()
+    direct: DirectH11Writer | None = None
     protocol = f"HTTP/{scope.get('http_version', '?')}"
     if metrics is not None:
         metrics.connections.labels(protocol).inc()
@@ -98,13 +99,24 @@ async def run_stream(
             subscriber.sent_bytes += len(batch)
         subscriber.sending_since = 0.0
         subscriber.last_write_at = time.monotonic()
+        if connection is not None and not connection.http2:
+            direct = DirectH11Writer(
+                connection.transport, connection.transport.get_write_buffer_limits()[1]
+            )
+            subscriber.direct = direct
         await _drain(subscriber, send, metrics, protocol)
+        subscriber.direct = None  # nothing may follow the end of the response
         if subscriber.close_reason is not CloseReason.CLIENT_GONE:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         if not subscriber.closed:
             raise  # not our abort: the server is cancelling us
     finally:
+        subscriber.direct = None
+        if direct is not None:
+            subscriber.sent_bytes += direct.written
+            if metrics is not None:
+                metrics.bytes_out.labels(protocol).inc(direct.written)
         housekeeper.unregister(subscriber)
         subscriber.close(CloseReason.ERROR)
         on_close()

@@ -15,7 +15,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from gateway.asgi import Receive, Scope, Send
-from gateway.hyperglue import Connection, connection_of
+from gateway.hyperglue import Connection, DirectH11Writer, chunk_of, connection_of
 from tests.support.clients import RawSSEClient
 
 found: dict[str, Connection | None] = {}
@@ -24,11 +24,31 @@ found: dict[str, Connection | None] = {}
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
+    if scope["path"] == "/direct":
+        await direct_app(send)
+        return
     found[scope["path"]] = connection_of(send)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"hello", "more_body": True})
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def direct_app(send: Send) -> None:
+    """Chunks written straight to the transport between ASGI sends."""
+    connection = connection_of(send)
+    assert connection is not None
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first;", "more_body": True})
+    writer = DirectH11Writer(connection.transport, 1 << 20)
+    frame = b"x" * 300
+    assert writer(b"direct;")
+    assert writer(frame)
+    assert writer(frame)  # the same frame object: framed once, from the cache
+    assert chunk_of(frame) is chunk_of(frame)
+    assert writer.written == len(b"7\r\ndirect;\r\n") + 2 * len(b"12c\r\n" + frame + b"\r\n")
+    assert not DirectH11Writer(connection.transport, 0)(b"refused")  # over the limit
+    await send({"type": "http.response.body", "body": b"last", "more_body": False})
 
 
 @pytest.fixture
@@ -105,4 +125,23 @@ async def test_http2_abort_resets_only_that_stream(port: int) -> None:
     other = found["/b"]
     assert other is not None
     assert not other.transport.is_closing()
+    writer.close()
+
+
+async def test_direct_writes_keep_http11_framing_and_keep_alive(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET /direct HTTP/1.1\r\nhost: x\r\n\r\n"
+    frame = b"x" * 300
+    expected_body = (
+        b"6\r\nfirst;\r\n7\r\ndirect;\r\n"
+        + (b"12c\r\n" + frame + b"\r\n") * 2
+        + b"4\r\nlast\r\n0\r\n\r\n"
+    )
+    for _ in range(2):  # the connection is reusable afterwards: h11's state is intact
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"transfer-encoding: chunked" in head.lower()
+        body = await asyncio.wait_for(reader.readexactly(len(expected_body)), 5)
+        assert body == expected_body
     writer.close()
