@@ -53,12 +53,14 @@ log = logging.getLogger("gateway.server")
 
 # Effectively "never": see the module docstring.
 MAX_REQUESTS_PER_CONNECTION = 2**31
-# How long hypercorn waits for connections after the streams were told to end.
 # After the drain every stream has ended; this only bounds stragglers.
 GRACEFUL_TIMEOUT_S = 0.5
 # A TLS handshake must complete within this (hypercorn's default is 60 s).
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
-LISTEN_BACKLOG = 1024
+# A reconnect storm (10,000 browsers back within a second) overflowed a backlog
+# of 1024 here: dropped SYNs are retried after 1, 3, 7... s (benchmarks/
+# RESULTS.md). The kernel caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 8192
 
 
 @dataclass(frozen=True, slots=True)
