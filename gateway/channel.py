@@ -32,6 +32,7 @@ class Channel:
         "_events_in",
         "_subscribed",
         "clock",
+        "lag_s",
         "last_event_id",
         "metrics",
         "mux_subscribers",
@@ -71,6 +72,7 @@ class Channel:
         # The raw upstream id to resume the upstream from (never shown to browsers).
         self.last_event_id = ""
         self.published = 0
+        self.lag_s = 0.0  # upstream receive to the end of the last fan-out
 
     def __repr__(self) -> str:
         return f"Channel({self.path!r}, subscribers={self.subscriber_count})"
@@ -125,11 +127,12 @@ class Channel:
                 subscriber.offer(mux)
         self._events_in.inc()
         self._deliveries.inc(len(self.subscribers) + len(self.mux_subscribers))
+        # Frames written at once (the fast path) reached their sockets within
+        # this loop: its duration is their lag. Queued ones are timed by their
+        # writer.
+        self.lag_s = self.clock() - entry.at
         if self.metrics is not None:
-            # Frames written at once (the fast path) reached their sockets within
-            # this loop: its duration is their lag. Queued ones are timed by
-            # their writer.
-            self.metrics.lag.observe(self.clock() - entry.at)
+            self.metrics.lag.observe(self.lag_s)
 
     def mux_frame(self, entry: Entry) -> bytes:
         """``entry`` as a multiplexed stream sends it, encoded once and kept."""

@@ -69,6 +69,7 @@ class StatusFeed:
                     "events": channel.published,
                     "rate_per_s": round(rate, 2),
                     "replay_held": len(channel.ring),
+                    "lag_ms": round(channel.lag_s * 1000, 2),
                     "upstream": {
                         "url": redact_url(upstream.url),
                         "state": upstream.state.value,

@@ -4,10 +4,12 @@ clients, added topics appear."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 
 from gateway.config import parse_config
-from tests.support.clients import open_sse
+from tests.support.clients import open_sse, request
 from tests.support.inprocess import serve_inprocess
 from tests.support.upstream import FakeUpstream
 
@@ -63,3 +65,32 @@ async def test_reload_applies_changes_and_keeps_the_rest(upstream: FakeUpstream)
         # and the removed path is gone for new clients
         gone = await open_sse(f"{base}/u")
         assert gone.status == 404
+
+
+async def test_reload_swaps_auth_tokens_and_limits(upstream: FakeUpstream) -> None:
+    def config(token: str, per_ip: int) -> str:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        return (
+            f"auth: {{tokens: [{{sha256: '{digest}', subject: s, topics: [t]}}]}}\n"
+            f"limits: {{max_connections_per_ip: {per_ip}}}\n"
+            f"topics: [{{name: t, path: /t, upstream: '{upstream.url('/t')}'}}]\n"
+        )
+
+    old, new = "old-token-0123456789", "new-token-0123456789"
+    async with serve_inprocess(config(old, 5)) as (app, port):
+        base = f"http://127.0.0.1:{port}/t"
+        kept = await open_sse(f"{base}?token={old}")
+        assert kept.status == 200
+        await app.reload(parse_config(config(new, 1)))
+        assert (await request("127.0.0.1", port, "GET", f"/t?token={old}"))[0] == 401
+        # the new token is accepted, but the new per-IP limit (1) is already used
+        # by the stream admitted before the reload, which goes on
+        over = await open_sse(f"{base}?token={new}")
+        await over.wait_closed(timeout=5)
+        assert over.raw.startswith(b": overloaded\n")
+        assert not kept.closed
+        await kept.aclose()
+        await asyncio.sleep(0.1)
+        fresh = await open_sse(f"{base}?token={new}")
+        await fresh.wait_bytes(b"id: ")
+        assert not fresh.closed

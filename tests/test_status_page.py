@@ -35,6 +35,7 @@ async def test_status_stream_and_page(upstream: FakeUpstream, tmp_path: Path) ->
         assert by_path["/orders/0"]["events"] == 1
         assert by_path["/orders/0"]["upstream"]["state"] == "open"
         assert by_path["/orders/0"]["upstream"]["last_event_id"] == "7"
+        assert 0 <= by_path["/orders/0"]["lag_ms"] < 1000
         await feed.wait_events(2, timeout=5)  # it keeps coming, once a second
 
         async with chromium() as browser:

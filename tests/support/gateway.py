@@ -37,6 +37,10 @@ _FAILED_START_GRACE_S = 2.0
 _counter = itertools.count(1)
 
 
+
+# Every gateway log of the session, for the redaction check in tests/conftest.py.
+ALL_LOGS: list[Path] = []
+
 class GatewayStartError(RuntimeError):
     """The gateway exited or never answered ``/healthz`` with 200; carries its log tail."""
 
@@ -122,6 +126,7 @@ class GatewayProcess:
         self.name = name or f"gateway-{next(_counter)}"
         self.config_path = tmp_path / f"{self.name}.yaml"
         self.log_path = tmp_path / f"{self.name}.log"
+        ALL_LOGS.append(self.log_path)
         self.port = 0
         # Decided once: after the first start() our own fd:// entry is in the config, and a
         # restart must pre-bind again rather than mistake it for the caller's choice.
