@@ -2,14 +2,16 @@
 
 Routes:
     GET /healthz                       alive
-    GET /metrics                       Prometheus metrics
-    GET /status                        status page (live over SSE from /_gateway/status/stream)
-    GET /readyz                        started (lifespan complete) and not shutting down
-    GET /                              the demo page, when the app was built with one
+    GET /readyz                        started, not draining, eager upstreams connected
+    GET /metrics                       Prometheus metrics          (admin.token / admin.allow)
+    GET /status                        status page, live over SSE from /_gateway/status/stream
+    POST /_gateway/ticket              a single-use ticket for a bearer token
+    GET /                              the index page, when the app was built with one
     GET <topic path>                   the event stream of one topic instance
     GET /events?topic=/a&topic=/b      several topics multiplexed on one stream
-Resume with ``Last-Event-ID`` or ``?last_event_id=`` (the header wins).
-Anything else is a plain-text 404; methods other than GET/HEAD/OPTIONS are 405.
+Every request first passes :class:`gateway.gate.Gate` (size, CORS, credentials,
+grants, limits). Resume with ``Last-Event-ID`` or ``?last_event_id=`` (the
+header wins). Anything else is a plain-text 404; other methods are 405.
 """
 
 from __future__ import annotations
