@@ -37,9 +37,9 @@ _FAILED_START_GRACE_S = 2.0
 _counter = itertools.count(1)
 
 
-
 # Every gateway log of the session, for the redaction check in tests/conftest.py.
 ALL_LOGS: list[Path] = []
+
 
 class GatewayStartError(RuntimeError):
     """The gateway exited or never answered ``/healthz`` with 200; carries its log tail."""
