@@ -50,6 +50,25 @@ async def open_streams(gateway: GatewayProcess, count: int, path: str = "/t") ->
     return clients
 
 
+async def all_receive(upstream: FakeUpstream, streams: list[RawSSEClient], data: str) -> None:
+    """Publish ``data`` until every stream has it. Each worker holds its own
+    upstream connection, and one may still be connecting when the first event
+    is published (streams land on workers as the kernel decides)."""
+    waiting = [asyncio.ensure_future(c.read_until(f"data: {data}\n\n".encode())) for c in streams]
+    try:
+        for n in range(100):
+            upstream.publish("/t", data, id=f"{data}-{n}")
+            done, _ = await asyncio.wait(waiting, timeout=0.2)
+            if len(done) == len(waiting):
+                for task in done:
+                    task.result()
+                return
+        raise AssertionError(f"{sum(t.done() for t in waiting)} of {len(waiting)} streams got it")
+    finally:
+        for task in waiting:
+            task.cancel()
+
+
 def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
@@ -135,9 +154,7 @@ async def test_sighup_and_sigterm_reach_every_worker_and_the_exit_is_bounded(
             )
             await gateway.wait_log(f"supervisor: SIGHUP forwarded to worker {index} (pid {pid})")
         assert gateway.running
-        upstream.publish("/t", "still served", id="1")
-        for client in streams:
-            await client.read_until(b"data: still served\n\n")
+        await all_receive(upstream, streams, "still served")
 
         # Graceful: every stream is ended cleanly (EOF) within the drain window,
         # and every process is gone within the window plus a second.
