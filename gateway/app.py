@@ -152,16 +152,19 @@ class GatewayApp:
         for live in self.registry.reload(config):
             channel = live.channel
             for subscriber in list(channel.subscribers):
-                self._end_stream(subscriber)
+                self._end_stream(subscriber, CloseReason.TOPIC_CLOSED)
             for subscriber in list(channel.mux_subscribers):
                 channel.detach(subscriber)
                 subscriber.offer(gap_frame(channel.path, "removed", None))
             channel.subscribers.clear()
 
-    def _end_stream(self, subscriber: Subscriber) -> None:
+    def _end_stream(
+        self, subscriber: Subscriber, reason: CloseReason = CloseReason.SHUTDOWN
+    ) -> None:
+        """End a stream cleanly, after a fresh jittered ``retry:``."""
         stream = self.config.stream
         subscriber.offer(retry_frame(stream.retry_min_ms, stream.retry_max_ms))
-        subscriber.close(CloseReason.SHUTDOWN)
+        subscriber.close(reason)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -372,7 +375,10 @@ class GatewayApp:
             # reconnect must bring a fresh token. A floor keeps a token accepted
             # within the leeway from reconnecting in a tight loop.
             expiry = asyncio.get_running_loop().call_later(
-                max(expires_in_s, MIN_STREAM_S), self._end_stream, subscriber
+                max(expires_in_s, MIN_STREAM_S),
+                self._end_stream,
+                subscriber,
+                CloseReason.CREDENTIALS_EXPIRED,
             )
 
         def detach() -> None:

@@ -187,7 +187,8 @@ def _form_decode(raw: bytes) -> str:
     return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
 
 
-def _query_value(query: bytes, param: str) -> str | None:
+def query_value(query: bytes, param: str) -> str | None:
+    """The one value of ``param`` in a query string; repeated or not UTF-8: 401."""
     found: str | None = None
     for piece in query.split(b"&"):
         key, _, raw = piece.partition(b"=")
@@ -218,7 +219,7 @@ def extract_credential(scope: Mapping[str, Any], config: AuthConfig) -> Credenti
         if value is not None:
             return Credential(value, "cookie")
     if config.query_param is not None:
-        value = _query_value(scope.get("query_string") or b"", config.query_param)
+        value = query_value(scope.get("query_string") or b"", config.query_param)
         if value is not None:
             ticket = config.tickets.enabled and value.startswith(TICKET_PREFIX)
             return Credential(value, "ticket" if ticket else "query")

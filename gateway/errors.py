@@ -2,7 +2,6 @@
 
 GatewayError
 ├── ConfigError          invalid configuration; carries every problem found
-├── SSEProtocolError     an upstream stream broke the SSE framing rules or our bounds
 └── HTTPError            answered to a client; carries its status
     ├── BadRequest       400
     ├── AuthError        RFC 6750 errors: carry a WWW-Authenticate header
@@ -38,10 +37,6 @@ class ConfigError(GatewayError):
         lines = [f"{self.source}: {len(self.problems)} problem(s)"]
         lines.extend(f"  {problem}" for problem in self.problems)
         return "\n".join(lines)
-
-
-class SSEProtocolError(GatewayError):
-    """An upstream stream exceeded a bound or was otherwise unusable."""
 
 
 class HTTPError(GatewayError):

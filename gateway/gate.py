@@ -17,26 +17,24 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Sequence
-from urllib.parse import parse_qsl
 
 import httpx
 
 from gateway.asgi import Headers, Scope, header
-from gateway.auth import Authenticator, Principal, authorize, extract_bearer, extract_credential
+from gateway.auth import (
+    Authenticator,
+    Principal,
+    authorize,
+    extract_bearer,
+    extract_credential,
+    query_value,
+)
 from gateway.config import GatewayConfig
 from gateway.cors import CorsPolicy
 from gateway.errors import AuthError, NotFound, Unauthorized
 from gateway.limits import ConnectionLimiter, Lease, TrustedProxies, check_request_size, client_ip
 from gateway.metrics import Metrics
 from gateway.topics import TopicInstance
-
-
-def query_value(scope: Scope, name: str) -> str | None:
-    query: bytes = scope["query_string"]
-    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if key == name:
-            return value
-    return None
 
 
 class Gate:
@@ -66,6 +64,7 @@ class Gate:
         )
         self.ticket_path = auth.tickets.path if auth is not None and auth.tickets.enabled else None
         self.trusted = TrustedProxies(config.limits.trusted_proxies)
+        self.admin_networks = TrustedProxies(config.admin.allow)
 
     async def reload(self, config: GatewayConfig) -> None:
         """New keys, tokens, CORS and limits for new requests; open streams keep
@@ -147,13 +146,17 @@ class Gate:
         if admin.token is None:
             return
         presented = extract_bearer(scope)
-        value = presented.value if presented is not None else query_value(scope, "token")
+        value = (
+            presented.value
+            if presented is not None
+            else query_value(scope["query_string"], "token")
+        )
         if value is None or not hmac.compare_digest(value.encode(), admin.token.encode()):
             self.metrics.auth_failures.labels("admin").inc()
             raise Unauthorized("missing credentials" if value is None else "invalid token")
 
     def _admin_peer(self, scope: Scope) -> bool:
-        allowed = TrustedProxies(self.config.admin.allow)
+        allowed = self.admin_networks
         peer = scope.get("client")
         if peer is None:
             return allowed.unix

@@ -46,6 +46,7 @@ class CloseReason(Enum):
     SLOW_CONSUMER = "slow_consumer"
     SEND_TIMEOUT = "send_timeout"
     TOPIC_CLOSED = "topic_closed"
+    CREDENTIALS_EXPIRED = "credentials_expired"
     SHUTDOWN = "shutdown"
     ERROR = "error"
 

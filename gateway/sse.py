@@ -46,9 +46,8 @@ the next blank line. Nothing from it is applied: no data, type, id or retry.
 ``Discarded`` is emitted once, at the moment the bound is crossed, and parsing
 continues normally after the blank line. The parser never buffers more than
 ``max_line_bytes`` of an unfinished line, plus ``max_event_bytes`` for the
-block. It never raises for any input. :class:`gateway.errors.SSEProtocolError`
-is left to callers that decide a stream of ``Discarded`` items means the
-upstream is unusable.
+block. It never raises for any input; the upstream subscription logs and counts
+each ``Discarded`` item and goes on.
 
 The encoder functions produce frames this parser, and browsers, read back
 exactly. They raise ``ValueError`` for an ``id`` or event type that would break

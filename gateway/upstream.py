@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import httpx
@@ -69,10 +69,7 @@ class UpstreamStats:
     connects: int = 0
     events: int = 0
     discarded: int = 0
-    failures: Counter[str] = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.failures = Counter()
+    failures: Counter[str] = field(default_factory=Counter)
 
 
 class Backoff:

@@ -171,6 +171,7 @@ async def test_expiry_ends_the_stream(gateway: GatewayProcess) -> None:
     await asyncio.sleep(1.0)
     status, _, body = await get(gateway, f"/prices?token={short}")
     assert (status, body) == (401, b"token expired\n")
+    assert "reason=credentials_expired" in gateway.log_text()
 
 
 async def test_tickets_are_single_use_scoped_and_short_lived(gateway: GatewayProcess) -> None:

@@ -44,6 +44,8 @@ async def test_reload_applies_changes_and_keeps_the_rest(upstream: FakeUpstream)
         gap = next(e for e in await mux.wait_events(2) if e.type == "gateway-gap")
         assert json.loads(gap.data) == {"topic": "/u", "reason": "removed"}
         await upstream.wait_closed("/u")
+        closed = app.metrics.render()[0]
+        assert b'sse_gateway_streams_closed_total{reason="topic_closed"} 1.0' in closed
         # changed upstream: re-subscribed, resuming from the last id, same client
         (moved,) = await upstream.wait_connections("/v2", 1)
         assert moved.last_event_id == "v-1"
