@@ -83,8 +83,32 @@ class Channel:
 
     # -- publishing (the hot path) ------------------------------------------------
 
+    def publish(self, items: Sequence[sse.Event | sse.IdUpdate]) -> None:
+        """Fan out what one upstream read produced, in order. Every event is
+        encoded once; a subscriber whose socket takes it at once gets all of
+        them in one write. A gateway that falls behind reads several events per
+        upstream read, so its cost per event drops exactly when it must."""
+        entries: list[Entry] = []
+        for item in items:
+            if isinstance(item, sse.Event):
+                entry = self._event_entry(item)
+            else:
+                entry = self._id_entry(item.id)
+            if entry is not None:
+                self.ring.append(entry, entry.at)
+                entries.append(entry)
+        if entries:
+            self._fan_out(entries)
+
     def publish_event(self, event: sse.Event) -> None:
-        """Fan one parsed upstream event out, encoded once."""
+        """Fan one parsed upstream event out."""
+        self.publish((event,))
+
+    def publish_id(self, upstream_id: str) -> None:
+        """An id-only block: it moves every browser's ``lastEventId``."""
+        self.publish((sse.IdUpdate(upstream_id),))
+
+    def _event_entry(self, event: sse.Event) -> Entry | None:
         upstream_id = event.id if event.id_field and event.id else None
         if event.id_field:
             self.last_event_id = event.id
@@ -93,44 +117,51 @@ class Channel:
             held = self.ring.index.get(event_id)
             frame = sse.encode_event(event.data, type=event.type, id=event_id)
             if held is not None and held.frame == frame:
-                return  # an upstream replaying on resume: already delivered
+                return None  # an upstream replaying on resume: already delivered
             seq = self.sequence.next()
         else:
             seq = self.sequence.next()
             event_id = self.sequence.marker(seq)
             frame = sse.encode_event(event.data, type=event.type, id=event_id)
-        self._publish(Entry(seq, event_id, frame, self.clock(), upstream_id=upstream_id))
+        return Entry(seq, event_id, frame, self.clock(), upstream_id=upstream_id)
 
-    def publish_id(self, upstream_id: str) -> None:
-        """An id-only block: it moves every browser's ``lastEventId``."""
+    def _id_entry(self, upstream_id: str) -> Entry | None:
         self.last_event_id = upstream_id
         if upstream_id:
             event_id = safe_id(upstream_id)
             if event_id in self.ring.index:
-                return
+                return None
             seq = self.sequence.next()
         else:
             seq = self.sequence.next()
             event_id = self.sequence.marker(seq)
         frame = sse.encode_id_only(event_id)
-        self._publish(Entry(seq, event_id, frame, self.clock(), upstream_id=upstream_id))
+        return Entry(seq, event_id, frame, self.clock(), upstream_id=upstream_id)
 
-    def _publish(self, entry: Entry) -> None:
-        self.published += 1
-        self.ring.append(entry, entry.at)
-        frame = entry.frame
-        for subscriber in self.subscribers:
-            subscriber.offer(frame)
+    def _fan_out(self, entries: list[Entry]) -> None:
+        count = len(entries)
+        self.published += count
+        if self.subscribers:
+            if count == 1:
+                frame = entries[0].frame
+                for subscriber in self.subscribers:
+                    subscriber.offer(frame)
+            else:
+                frames = [entry.frame for entry in entries]
+                joined = b"".join(frames)
+                for subscriber in self.subscribers:
+                    subscriber.offer_many(joined, frames)
         if self.mux_subscribers:
-            mux = self.mux_frame(entry)
+            frames = [self.mux_frame(entry) for entry in entries]
+            joined = frames[0] if count == 1 else b"".join(frames)
             for subscriber in self.mux_subscribers:
-                subscriber.offer(mux)
-        self._events_in.inc()
-        self._deliveries.inc(len(self.subscribers) + len(self.mux_subscribers))
+                subscriber.offer_many(joined, frames)
+        self._events_in.inc(count)
+        self._deliveries.inc(count * (len(self.subscribers) + len(self.mux_subscribers)))
         # Frames written at once (the fast path) reached their sockets within
         # this loop: its duration is their lag. Queued ones are timed by their
         # writer.
-        self.lag_s = self.clock() - entry.at
+        self.lag_s = self.clock() - entries[0].at
         if self.metrics is not None:
             self.metrics.lag.observe(self.lag_s)
 

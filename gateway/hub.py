@@ -1,11 +1,14 @@
 """Subscribers: the per-stream side of fan-out.
 
-The hot path is :meth:`gateway.channel.Channel.publish_event`: the event is
+The hot path is :meth:`gateway.channel.Channel.publish`: each event is
 encoded to ``bytes`` once and the same object is offered to every
-:class:`Subscriber`. ``offer`` never awaits and never blocks: it appends to a
-bounded per-subscriber queue and wakes that subscriber's writer, which drains
-everything queued in one send. When a queue is full the
-topic's slow-consumer policy decides:
+:class:`Subscriber` (the events of one upstream read together, joined once:
+``offer_many``). ``offer`` never awaits and never blocks: while nothing is
+queued and the connection's socket takes it, the frame is written at once
+(the fast path, see :class:`gateway.hyperglue.DirectH11Writer`); otherwise it
+goes to a bounded per-subscriber queue and wakes that subscriber's writer,
+which drains everything queued in one send. When a queue is full the topic's
+slow-consumer policy decides:
 
 - ``disconnect`` (default): the subscriber is aborted; its browser reconnects
   with ``Last-Event-ID`` and resumes from the replay ring.
@@ -110,13 +113,31 @@ class Subscriber:
         it. Never awaits; applies the slow-consumer policy."""
         if self.closed:
             return
-        queue = self.queue
         # The fast path: nothing waits before this frame and no send is in
         # flight, so writing now keeps the order; the writer task stays asleep.
         direct = self.direct
-        if direct is not None and not queue and not self.sending_since and direct(frame):
+        if direct is not None and not self.queue and not self.sending_since and direct(frame):
             self.sent_events += 1
             return
+        self._enqueue(frame)
+
+    def offer_many(self, joined: bytes, frames: list[bytes]) -> None:
+        """Several frames in order, ``joined`` being their concatenation: one
+        write on the fast path; queued one by one otherwise, so that the
+        queue's limits and policy count events, not batches."""
+        if self.closed:
+            return
+        direct = self.direct
+        if direct is not None and not self.queue and not self.sending_since and direct(joined):
+            self.sent_events += len(frames)
+            return
+        for frame in frames:
+            if self.closed:  # the policy disconnected it
+                return
+            self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> None:
+        queue = self.queue
         size = len(frame)
         limits = self.limits
         if limits.policy is Policy.LATEST:

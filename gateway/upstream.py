@@ -116,6 +116,8 @@ class UpstreamSubscription:
         self.backoff = Backoff(settings.backoff_initial_ms, settings.backoff_max_ms)
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pending: list[sse.Event | sse.IdUpdate] = []
+        self._flush_scheduled = False
         self._log_fields = {"topic": channel.name, "path": channel.path, "url": redact_url(url)}
 
     def start(self) -> None:
@@ -212,18 +214,50 @@ class UpstreamSubscription:
                 max_event_bytes=settings.max_event_bytes,
                 last_event_id=last_id,
             )
-            async for chunk in reply.aiter_bytes():
-                for item in parser.feed(chunk):
-                    self._dispatch(item)
+            try:
+                async for chunk in reply.aiter_bytes():
+                    self._dispatch(parser.feed(chunk))
+            finally:
+                self._flush()  # before the next attempt reads last_event_id
 
-    def _dispatch(self, item: sse.Item) -> None:
-        if isinstance(item, sse.Event):
-            self.stats.events += 1
-            self.channel.publish_event(item)
+    def _dispatch(self, items: list[sse.Item]) -> None:
+        """Events go to the batch :meth:`_flush` publishes; the rest is handled now."""
+        pending = self._pending
+        events = 0
+        for item in items:
+            if isinstance(item, sse.Event):
+                pending.append(item)
+                events += 1
+            elif isinstance(item, sse.IdUpdate):
+                pending.append(item)
+            else:
+                self._handle(item)
+        if events:
+            self.stats.events += events
             self.backoff.reset()
-        elif isinstance(item, sse.IdUpdate):
-            self.channel.publish_id(item.id)
-        elif isinstance(item, sse.Retry):
+        if pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Publish everything parsed since the last flush, as one batch.
+
+        httpx yields an HTTP/1.1 chunked body one chunk at a time, and an
+        upstream usually writes one event per chunk; but the chunks already
+        read from the socket come out without suspending this task. This runs
+        at the next turn of the event loop, when the task waits for the
+        network again: the batch is everything one socket read brought. A
+        gateway that falls behind reads more per socket read, so it then
+        writes several events to each subscriber at once (see
+        :meth:`gateway.channel.Channel.publish`) and its cost per event drops.
+        """
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        if pending:
+            self.channel.publish(pending)
+
+    def _handle(self, item: sse.Retry | sse.Discarded) -> None:
+        if isinstance(item, sse.Retry):
             self.backoff.retry_ms = item.ms
         else:
             self.stats.discarded += 1

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway import sse
 from gateway.channel import Channel, attach_multiplexed
-from gateway.hub import Policy, QueueLimits, Subscriber
+from gateway.hub import CloseReason, Policy, QueueLimits, Subscriber
 from gateway.ring import GAP_EVENT, MAX_ID_BYTES, ReplayLimits, Sequence, decode_safe_id, safe_id
 
 LIMITS = ReplayLimits(max_events=100, max_bytes=1 << 20, max_age_s=3600)
@@ -233,3 +233,87 @@ def test_safe_ids_are_safe_and_reversible(raw: str) -> None:
     assert all(0x21 <= ord(c) < 0x7F and c not in '"():<>?@[\\]{}' for c in event_id)
     if not event_id.startswith("~h"):
         assert decode_safe_id(event_id) == raw
+
+
+def direct_sub(
+    writes: list[bytes], *, takes: bool = True, limits: QueueLimits | None = None
+) -> Subscriber:
+    """A subscriber on the fast path: its connection takes every write (or none)."""
+    s = Subscriber(limits or QueueLimits(10_000, 1 << 30, Policy.DISCONNECT), beat_interval_s=15)
+
+    def direct(frame: bytes) -> bool:
+        if takes:
+            writes.append(frame)
+        return takes
+
+    s.direct = direct
+    return s
+
+
+def events(*ids: str) -> list[sse.Event | sse.IdUpdate]:
+    return [sse.Event(data=f"e{i}", id=i, id_field=True) for i in ids]
+
+
+def test_one_read_of_several_events_is_one_write_per_subscriber() -> None:
+    ch = channel()
+    writes: list[list[bytes]] = [[], []]
+    subs = [direct_sub(w) for w in writes]
+    for s in subs:
+        ch.attach(s, None)
+    ch.publish([*events("1", "2"), sse.IdUpdate("3")])
+    expected = b"id: 1\ndata: e1\n\nid: 2\ndata: e2\n\nid: 3\n\n"
+    assert writes == [[expected], [expected]]
+    assert writes[0][0] is writes[1][0]  # joined once, shared
+    assert [s.sent_events for s in subs] == [3, 3]
+    assert [e.id for e in ch.ring.entries] == ["1", "2", "3"]
+    assert ch.published == 3
+
+
+def test_a_batch_is_queued_event_by_event_when_the_socket_is_full() -> None:
+    ch = channel()
+    full = direct_sub([], takes=False, limits=QueueLimits(2, 1 << 20, Policy.DROP_OLDEST))
+    ch.attach(full, None)
+    ch.publish(events("1", "2", "3"))
+    assert list(full.queue) == [b"id: 2\ndata: e2\n\n", b"id: 3\ndata: e3\n\n"]
+    assert full.dropped == 1
+
+
+def test_a_batch_overflowing_the_queue_disconnects_the_subscriber() -> None:
+    ch = channel()
+    aborted: list[bool] = []
+    full = direct_sub([], takes=False, limits=QueueLimits(2, 1 << 20, Policy.DISCONNECT))
+    full.set_abort(lambda: aborted.append(True))
+    ch.attach(full, None)
+    ch.publish(events("1", "2", "3"))
+    assert aborted == [True]
+    assert full.close_reason is CloseReason.SLOW_CONSUMER
+    assert not full.queue
+
+
+def test_a_batch_after_queued_frames_waits_its_turn() -> None:
+    ch = channel()
+    writes: list[bytes] = []
+    s = direct_sub(writes)
+    ch.attach(s, None)
+    s.queue.append(b": queued\n\n")  # the writer has not run yet
+    ch.publish(events("1", "2"))
+    assert writes == []
+    assert list(s.queue) == [b": queued\n\n", b"id: 1\ndata: e1\n\n", b"id: 2\ndata: e2\n\n"]
+
+
+def test_upstream_repeats_inside_one_read_are_dropped() -> None:
+    ch = channel()
+    writes: list[bytes] = []
+    ch.attach(direct_sub(writes), None)
+    ch.publish(events("1", "1", "2"))
+    assert writes == [b"id: 1\ndata: e1\n\nid: 2\ndata: e2\n\n"]
+
+
+def test_multiplexed_subscribers_get_one_batch_write_too() -> None:
+    sequence = Sequence("e1")
+    a, b = channel("/a", sequence), channel("/b", sequence)
+    writes: list[bytes] = []
+    s = direct_sub(writes)
+    attach_multiplexed([a, b], s, None)
+    a.publish(events("1", "2"))
+    assert writes == [b"id: ~ge1.1\nevent: /a\ndata: e1\n\nid: ~ge1.2\nevent: /a\ndata: e2\n\n"]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.clients import RawSSEClient, open_sse, request
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream, frame_chunk
 
 
 @pytest.fixture
@@ -53,6 +53,23 @@ async def test_stream_headers_and_first_bytes_on_http11(gateway: GatewayProcess)
         )
         assert match, body
         assert 2000 <= int(match.group(1)) <= 4000
+    finally:
+        await client.close()
+
+
+async def test_events_of_one_upstream_socket_read_reach_the_client_in_one_chunk(
+    gateway: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    client = await RawSSEClient.connect(gateway.host, gateway.port, "/t")
+    try:
+        await client.read_until(b"\n\n\r\n", timeout=5)  # ": ok", retry, position
+        await upstream.wait_connections("/t", 1)
+        # one TCP write: three HTTP chunks, an event split across two of them
+        blocks = [b"id: 1\ndata: a\n\nid: 2\nev", b"ent: x\ndata: b\n\n", b": c\nid: 3\n\n"]
+        upstream.send_raw("/t", b"".join(map(frame_chunk, blocks)), framed=False)
+        body = await client.read_until(b"id: 3\n\n\r\n", timeout=5)
+        batch = b"id: 1\ndata: a\n\nid: 2\nevent: x\ndata: b\n\nid: 3\n\n"
+        assert body == b"%x\r\n%b\r\n" % (len(batch), batch)
     finally:
         await client.close()
 
