@@ -39,7 +39,7 @@ from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.ring import gap_frame
 from gateway.status import StatusFeed
-from gateway.stream import first_bytes, retry_frame, run_stream, stream_headers
+from gateway.stream import StreamPlan, first_bytes, retry_frame, run_stream, stream_headers
 from gateway.topics import TopicInstance
 
 log = logging.getLogger("gateway.app")
@@ -184,7 +184,8 @@ class GatewayApp:
 
     # -- http -------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, *_: object) -> None:
+        # ``*_``: hypercorn calls it directly, with its wrapper's two extra arguments.
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -282,17 +283,16 @@ class GatewayApp:
             await send({"type": "http.response.body", "body": body})
             return
         try:
-            cursor = resume_cursor(scope, query)
-            await self._serve(
-                scope,
-                receive,
-                send,
+            plan = self._subscribe(
                 registry,
                 instances,
-                cursor,
+                resume_cursor(scope, query),
                 mux=path == "/events",
                 extra_headers=cors,
                 expires_in_s=principal.seconds_left(time.time()) if principal else None,
+            )
+            await run_stream(
+                scope, receive, send, plan, housekeeper=self.housekeeper, metrics=self.metrics
             )
         finally:
             lease.release()
@@ -306,18 +306,17 @@ class GatewayApp:
         subscriber = Subscriber(
             QueueLimits(1, 1 << 20, Policy.LATEST), beat_interval_s=jittered(stream.heartbeat_s)
         )
-        prelude = [first_bytes(stream.retry_min_ms, stream.retry_max_ms), *feed.attach(subscriber)]
-        await run_stream(
-            scope,
-            receive,
-            send,
+        plan = StreamPlan(
             subscriber=subscriber,
-            housekeeper=self.housekeeper,
-            prelude=prelude,
-            user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
+            prelude=[
+                first_bytes(stream.retry_min_ms, stream.retry_max_ms),
+                *feed.attach(subscriber),
+            ],
             on_close=lambda: feed.detach(subscriber),
             topics=STATUS_STREAM_PATH,
+            user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
         )
+        await run_stream(scope, receive, send, plan, housekeeper=self.housekeeper)
 
     def _multiplexed_topics(
         self, registry: Registry, query: list[tuple[str, str]]
@@ -337,11 +336,8 @@ class GatewayApp:
             instances.setdefault(instance.path, instance)
         return list(instances.values())
 
-    async def _serve(
+    def _subscribe(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
         registry: Registry,
         instances: list[TopicInstance],
         cursor: str | None,
@@ -349,7 +345,10 @@ class GatewayApp:
         mux: bool,
         extra_headers: Headers,
         expires_in_s: float | None,
-    ) -> None:
+    ) -> StreamPlan:
+        """Attach a new subscriber to its channels, with its replay. Synchronous:
+        the stream's task then has one coroutine frame less to keep for as
+        long as the stream lives."""
         stream = self.config.stream
         lives = [registry.acquire(instance) for instance in instances]
         if mux:
@@ -388,17 +387,12 @@ class GatewayApp:
                 live.channel.detach(subscriber)
                 registry.release(live)
 
-        await run_stream(
-            scope,
-            receive,
-            send,
+        return StreamPlan(
             subscriber=subscriber,
-            housekeeper=self.housekeeper,
             prelude=prelude,
-            user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
             on_close=detach,
             topics=",".join(instance.path for instance in instances),
-            metrics=self.metrics,
+            user_timeout_s=stream.heartbeat_s + USER_TIMEOUT_MARGIN_S,
             extra_headers=extra_headers,
         )
 

@@ -41,13 +41,12 @@ from typing import Any
 import uvloop
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Sockets
-from hypercorn.utils import wrap_app
 
-from gateway import tls
+from gateway import hyperglue, tls
 from gateway.app import GatewayApp
 from gateway.config import GatewayConfig, ServerConfig, load_config
 from gateway.errors import ConfigError
-from gateway.hyperglue import GatewayHypercornConfig, H2Limits, install_h2_guard
+from gateway.hyperglue import GatewayHypercornConfig, H2Limits
 
 log = logging.getLogger("gateway.server")
 
@@ -298,7 +297,7 @@ async def serve(
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
-    install_h2_guard()
+    hyperglue.install()
     owned: list[Listener] = []
     if listeners is None:
         owned = open_listeners(config.server.listen, secure=context is not None)[0]
@@ -311,7 +310,10 @@ async def serve(
     trigger: Any = stop.wait
     try:
         await worker_serve(
-            wrap_app(app, hc.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+            # hypercorn calls an AppWrapper (hypercorn.typing) with two more
+            # arguments than ASGI. GatewayApp takes and ignores them, so it needs
+            # no ASGIWrapper, whose coroutine frame every stream would keep.
+            app,  # type: ignore[arg-type]
             hc,
             sockets=sockets,
             shutdown_trigger=trigger,

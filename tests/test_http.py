@@ -74,6 +74,33 @@ async def test_events_of_one_upstream_socket_read_reach_the_client_in_one_chunk(
         await client.close()
 
 
+async def test_a_client_that_leaves_is_noticed_at_once(gateway: GatewayProcess) -> None:
+    """No event and no heartbeat is due: only ``http.disconnect`` can end the
+    stream (under hypercorn it arrives as a callback, with no task waiting)."""
+
+    def closed() -> list[str]:
+        return [line for line in gateway.log_text().splitlines() if "stream closed" in line]
+
+    client = await RawSSEClient.connect(gateway.host, gateway.port, "/t")
+    await client.read_until(b"\n\n\r\n", timeout=5)
+    await client.close()
+    await gateway.wait_log("stream closed", timeout=3)
+    (line,) = closed()
+    assert "protocol=HTTP/1.1" in line
+    assert "reason=client_gone" in line
+
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=5) as h2:
+        stream = await open_sse(gateway.url("/t"), client=h2)
+        await stream.aclose()
+    # the client closed its connection (tests/test_hyperglue_lean.py: a reset stream)
+    async with asyncio.timeout(3):
+        while len(closed()) < 2:  # noqa: ASYNC110 (a log file gives nothing to await)
+            await asyncio.sleep(0.05)
+    line = closed()[1]
+    assert "protocol=HTTP/2" in line
+    assert "reason=client_gone" in line
+
+
 async def test_retry_is_jittered_per_connection(gateway: GatewayProcess) -> None:
     retries = set()
     for _ in range(8):

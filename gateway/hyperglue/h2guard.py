@@ -1,33 +1,16 @@
-"""What the gateway needs from hypercorn that ASGI does not expose.
+"""HTTP/2 connections under the gateway's limits.
 
-Pinned to hypercorn 0.18.0 (see pyproject.toml); tests/test_hyperglue.py covers
-each function on HTTP/1.1 and HTTP/2, so an upgrade that moves these internals
-fails loudly instead of silently.
-
-ASGI gives an application ``send`` and nothing else, but a gateway must be able
-to *abort* a connection whose client stopped reading: hypercorn has no write
-timeout, and ``transport.close()`` waits forever for a buffer that a
-non-reading client never drains. hypercorn 0.18 hands the application
-``HTTPStream.app_send``; from it we reach the protocol (``H11Protocol`` or
-``H2Protocol``) and the ``TCPServer`` that owns the asyncio transport.
-
-Two more reaches, for the edge (see :func:`install_h2_guard`):
-
-- :class:`GatewayHypercornConfig` hands hypercorn an ``ssl.SSLContext`` the
-  gateway owns (hypercorn's ``worker_serve`` asks ``config.ssl_enabled`` and
-  ``config.create_ssl_context()`` once per process), so a certificate reload
-  changes the very context the listeners use.
-- :class:`GuardedH2Protocol` replaces ``H2Protocol`` where hypercorn's
-  ``ProtocolWrapper`` looks it up (the ``hypercorn.protocol`` module global). It
-  sees every h2 event of its connection, counts the client's RST_STREAM frames
-  against a token bucket (Rapid Reset, CVE-2023-44487) and enforces
-  ``MAX_HEADER_LIST_SIZE`` from the first frame: hypercorn passes the setting as
-  an *initial* value, which h2 advertises but never applies to its HPACK decoder
-  (the decoder only changes when a *changed* setting is acknowledged). It feeds
-  h2 in small slices; keeps a stream's ``send()`` blocked while the client's
-  flow-control window is 0 (hypercorn would buffer without bound); and when the
-  connection closes it releases the streams' send buffers, so that no
-  application task stays blocked in ``send()``.
+:class:`GuardedH2Protocol` replaces ``H2Protocol`` where hypercorn's
+``ProtocolWrapper`` looks it up (the ``hypercorn.protocol`` module global). It
+sees every h2 event of its connection, counts the client's RST_STREAM frames
+against a token bucket (Rapid Reset, CVE-2023-44487) and enforces
+``MAX_HEADER_LIST_SIZE`` from the first frame: hypercorn passes the setting as
+an *initial* value, which h2 advertises but never applies to its HPACK decoder
+(the decoder only changes when a *changed* setting is acknowledged). It feeds
+h2 in small slices; keeps a stream's ``send()`` blocked while the client's
+flow-control window is 0 (hypercorn would buffer without bound); and when the
+connection closes it releases the streams' send buffers, so that no
+application task stays blocked in ``send()``.
 """
 
 from __future__ import annotations
@@ -35,10 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,145 +27,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import hypercorn.protocol
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
 
 log = logging.getLogger("gateway.h2")
-
-# Linux: how long written data may stay unacknowledged before the kernel gives
-# up on the connection. Catches peers that vanished without a FIN (the
-# heartbeats give the kernel something to retransmit).
-TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
-
-
-@dataclass(slots=True)
-class Connection:
-    """The transport under one ASGI request, and how to end just that request."""
-
-    transport: asyncio.Transport
-    protocol: Any  # hypercorn's H11Protocol or H2Protocol
-    stream_id: int
-    http2: bool
-
-    def abort(self) -> None:
-        """Drop the request now. HTTP/1.1: abort the TCP connection (RST, buffer
-        discarded). HTTP/2: reset just this stream, unless the whole connection
-        is backed up, in which case no frame would get through and the
-        connection itself is aborted."""
-        if self.transport.is_closing():
-            return
-        if not self.http2:
-            self.transport.abort()
-            return
-        if self.transport.get_write_buffer_size() >= self.transport.get_write_buffer_limits()[1]:
-            self.transport.abort()
-            return
-        connection = self.protocol.connection
-        try:
-            connection.reset_stream(self.stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
-        except (h2.exceptions.ProtocolError, KeyError):
-            return
-        data = connection.data_to_send()
-        if data:
-            self.transport.write(data)
-
-    def set_user_timeout(self, timeout_s: float) -> None:
-        sock = self.transport.get_extra_info("socket")
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(timeout_s * 1000))
-
-
-class DirectH11Writer:
-    """Writes frames of a started HTTP/1.1 chunked response straight to the
-    transport, for :attr:`gateway.hub.Subscriber.direct`.
-
-    The ASGI path costs one task switch and hypercorn's whole send chain
-    (HTTPStream.app_send → H11Protocol → h11 → TCPServer.protocol_send with its
-    lock and drain) per frame per client; benchmarks/RESULTS.md measured about
-    30 µs of a 50 µs delivery there. h11 keeps no byte count for a chunked
-    body, so chunks written here, framed exactly as h11 frames them, leave its
-    state valid: the end of the response still goes through ASGI (h11 writes
-    the last chunk). Writes happen only while the transport's buffer is below
-    ``limit``; past it the frame goes through the queue and the writer, whose
-    send waits for the client (backpressure, send deadline, slow-consumer
-    policy) as before.
-    """
-
-    __slots__ = ("limit", "transport", "written")
-
-    def __init__(self, transport: Any, limit: int) -> None:
-        self.transport = transport
-        self.limit = limit
-        self.written = 0
-
-    def __call__(self, frame: bytes) -> bool:
-        transport = self.transport
-        if transport.get_write_buffer_size() >= self.limit or transport.is_closing():
-            return False
-        chunk = chunk_of(frame)
-        transport.write(chunk)
-        self.written += len(chunk)
-        return True
-
-
-_last_frame: bytes = b""
-_last_chunk: bytes = b""
-
-
-def chunk_of(frame: bytes) -> bytes:
-    """``frame`` in HTTP/1.1 chunked framing. A publish offers one frame object
-    to every subscriber in turn, so a one-entry cache frames it once."""
-    global _last_frame, _last_chunk
-    if frame is not _last_frame:
-        _last_chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
-        _last_frame = frame
-    return _last_chunk
-
-
-def connection_of(send: Callable[..., Any]) -> Connection | None:
-    """The :class:`Connection` behind an ASGI ``send`` given by hypercorn 0.18,
-    or None when the server is not hypercorn or its internals have moved."""
-    try:
-        stream = send.__self__  # type: ignore[attr-defined]  # HTTPStream
-        protocol = stream.send.__self__  # H11Protocol / H2Protocol
-        tcp_server = protocol.send.__self__  # TCPServer
-        transport = tcp_server.writer.transport
-        stream_id = int(stream.stream_id)
-    except AttributeError:
-        return None
-    if not callable(getattr(transport, "abort", None)):
-        return None
-    http2 = hasattr(protocol, "stream_buffers")
-    return Connection(transport=transport, protocol=protocol, stream_id=stream_id, http2=http2)
-
-
-# -- TLS: a context owned by the gateway ------------------------------------------------------
-
-
-class GatewayHypercornConfig(HypercornConfig):
-    """hypercorn settings plus what the gateway owns: the TLS context (hypercorn uses
-    it instead of building one from ``certfile``/``keyfile``) and the HTTP/2 limits
-    read by :class:`GuardedH2Protocol`."""
-
-    def __init__(
-        self, *, ssl_context: ssl.SSLContext | None = None, h2_limits: H2Limits | None = None
-    ) -> None:
-        super().__init__()
-        self.gateway_ssl_context = ssl_context
-        self.gateway_h2_limits = h2_limits
-
-    @property
-    def ssl_enabled(self) -> bool:
-        return self.gateway_ssl_context is not None
-
-    def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self.gateway_ssl_context
-
-
-# -- HTTP/2: rapid reset and header list size ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
