@@ -45,9 +45,12 @@ import uvloop
 
 from benchmarks import stats
 from benchmarks.proc import IP_BIND_ADDRESS_NO_PORT, child_setup, self_cpu_seconds
-from benchmarks.sseclient import H1Client, Slot, Tracker, error_kind
+from benchmarks.sseclient import H1Client, RxClock, Slot, Tracker, error_kind
 
 MAX_CLIENTS_PER_WORKER = 15000
+# Deferred parsing runs once no read came for this long (checked this often).
+IDLE_FLUSH_NS = 3_000_000
+IDLE_CHECK_S = 0.005
 monotonic_ns = time.monotonic_ns
 
 
@@ -81,6 +84,13 @@ class Worker:
             self.feedback = ("127.0.0.1", int(spec["feedback_port"]))
             self.feedback_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.feedback_sock.setblocking(False)
+        # (tracker, body, receive time) not parsed yet; None: parse at once
+        # (closed-loop runs need every count as it happens).
+        self.deferred: list[tuple[Tracker, bytes, int]] | None = (
+            [] if self.feedback is None else None
+        )
+        self.rx_clock = RxClock()
+        self.loop.call_later(IDLE_CHECK_S, self._tick)
         self.seq_counts: dict[int, int] = {}
         self.complete: set[int] = set()
         self.watermark = 0
@@ -116,6 +126,22 @@ class Worker:
         self.live -= 1
         if self.feedback is not None:
             self._recount()
+
+    # -- deferred parsing ----------------------------------------------------------
+
+    def flush_deferred(self) -> None:
+        """Parse every read kept so far, in order, with its receive time."""
+        deferred = self.deferred
+        if deferred:
+            self.deferred = []
+            for tracker, data, now in deferred:
+                tracker.parse(data, now)
+
+    def _tick(self) -> None:
+        if self.deferred and monotonic_ns() - self.last_rx_ns > IDLE_FLUSH_NS:
+            self.flush_deferred()
+        self.rx_clock.resync()
+        self.loop.call_later(IDLE_CHECK_S, self._tick)
 
     # -- closed-loop feedback ------------------------------------------------------
 
@@ -188,11 +214,9 @@ class Worker:
             slot.started_ns = monotonic_ns()
             try:
                 sock = await self._open_socket()
-                request = self.request(last_id)
-                _, protocol = await self.loop.create_connection(
-                    lambda: H1Client(self, slot, request), sock=sock
-                )
-                tracker.protocol = protocol
+                client = H1Client(self, slot, self.request(last_id), sock)
+                tracker.protocol = client
+                client.start()
             except OSError as exc:
                 self.fail(slot, error_kind(exc))
             await slot.ready
@@ -258,6 +282,7 @@ class Worker:
     async def reconnect(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every live client closes and, at once, reconnects with the id of the
         last event it received as ``Last-Event-ID``."""
+        self.flush_deferred()  # every tracker's last id
         alive = [t for t in self.trackers if not t.dead and t.protocol is not None]
         for tracker in alive:
             protocol = tracker.protocol
@@ -280,9 +305,11 @@ class Worker:
         last_seq = int(args["last_seq"])
         deadline = time.monotonic() + float(args.get("timeout", 10.0))
         while time.monotonic() < deadline:
+            self.flush_deferred()
             if all(t.last >= last_seq or t.dead for t in self.trackers):
                 break
             await asyncio.sleep(0.01)
+        self.flush_deferred()
         lost = tail = lossy = 0
         for tracker in self.trackers:
             missing = max(0, last_seq - tracker.unique)

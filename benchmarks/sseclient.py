@@ -1,13 +1,17 @@
-"""One SSE client of the load generator, on a raw asyncio protocol.
+"""One SSE client of the load generator, on a raw socket read by the event loop.
 
 :class:`Tracker` is what a logical client measured, across reconnects, with O(1)
 state: the last ``seq`` seen, how many distinct events arrived (in order; a gap
 shows up as loss), duplicates, the last ``id:`` value (for ``Last-Event-ID``),
 and per event the publish -> receive latency, appended to its worker's array.
 The origin writes ``data: <seq> <CLOCK_MONOTONIC ns> <pad>``; the clock is
-system-wide, so the subtraction across processes is valid; the receive time is
-one ``monotonic_ns()`` per read. An event whose data is not in that form (a
-gateway's gap signal) is counted as foreign, not parsed.
+system-wide, so the subtraction across processes is valid. The receive time is
+the kernel's timestamp of the read's data reaching the socket (see
+:class:`RxClock`): what a client with a core of its own would see, not when
+this busy load generator got round to reading. At a fixed rate a worker also
+parses later, when its clients are idle, so that parsing does not hold up the
+next reads. An event whose data is not in that form (a gateway's gap signal)
+is counted as foreign, not parsed.
 
 :class:`Slot` is one attempt to stream for a tracker (a TCP connection or an
 HTTP/2 stream); :class:`H1Client` is the HTTP/1.1 connection: it writes one
@@ -19,13 +23,25 @@ first body bytes (the gateway's ``: ok``) arrived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from benchmarks.loadgen import Worker
 
 HEAD_LIMIT = 16384
+READ_BYTES = 65536
+# Linux (include/uapi/asm-generic/socket.h, linux/net_tstamp.h); Python names
+# none of them. RX_SOFTWARE | SOFTWARE: report software receive timestamps.
+SO_TIMESTAMPING = 37
+SCM_TIMESTAMPING = SO_TIMESTAMPING
+TIMESTAMPING_RX_SOFTWARE = (1 << 3) | (1 << 4)
+TIMESPEC = struct.Struct("qq")
+TIMESTAMP_CMSG_SPACE = socket.CMSG_SPACE(3 * TIMESPEC.size)
+MAX_DEFERRED = 500_000  # reads kept unparsed at most (about 100 MB)
 monotonic_ns = time.monotonic_ns
 
 
@@ -45,7 +61,20 @@ class Tracker:
         self.dead = False
 
     def feed(self, data: bytes, now: int) -> None:
-        """A piece of the SSE body (de-framed) received at ``now``."""
+        """A piece of the SSE body (de-framed) received at ``now``: parsed now,
+        or kept for later when the worker defers parsing (see
+        :meth:`benchmarks.loadgen.Worker.flush_deferred`)."""
+        worker = self.worker
+        deferred = worker.deferred
+        if deferred is None:
+            self.parse(data, now)
+            return
+        deferred.append((self, data, now))
+        worker.last_rx_ns = now
+        if len(deferred) >= MAX_DEFERRED:
+            worker.flush_deferred()
+
+    def parse(self, data: bytes, now: int) -> None:
         if self.pending:
             data = self.pending + data
             self.pending = b""
@@ -108,15 +137,19 @@ def error_kind(exc: BaseException | None) -> str:
     return type(exc).__name__
 
 
-class H1Client(asyncio.Protocol):
-    """One HTTP/1.1 SSE client connection; de-chunks and feeds its tracker."""
+class H1Client:
+    """One HTTP/1.1 SSE client connection on a connected non-blocking socket,
+    read with ``recvmsg`` from an event-loop reader; de-chunks and feeds its
+    tracker. Each read carries the kernel's receive timestamp (see
+    :class:`RxClock`), so a busy load generator does not add its own delay to
+    the latencies it measures."""
 
-    def __init__(self, worker: Worker, slot: Slot, request: bytes) -> None:
+    def __init__(self, worker: Worker, slot: Slot, request: bytes, sock: socket.socket) -> None:
         self.worker = worker
         self.slot = slot
         self.tracker = slot.tracker
         self.request = request
-        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = sock
         self.head: bytes | None = b""
         self.chunked = False
         self.left = 0  # bytes left in the current chunk
@@ -124,12 +157,30 @@ class H1Client(asyncio.Protocol):
         self.tail = b""  # an incomplete chunk-size line
         self.failed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
+    def start(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_RX_SOFTWARE)
+        sock.send(self.request)  # a few hundred bytes into an empty send buffer
+        self.worker.loop.add_reader(sock.fileno(), self._readable)
 
-    def data_received(self, data: bytes) -> None:
-        now = monotonic_ns()
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            data, ancillary, _, _ = sock.recvmsg(READ_BYTES, TIMESTAMP_CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._closed(exc)
+            return
+        if not data:
+            self._closed(None)
+            return
+        self.data_received(data, self.worker.rx_clock.receive_time(ancillary))
+
+    def data_received(self, data: bytes, now: int) -> None:
         if self.failed:
             return
         if self.head is not None:
@@ -202,8 +253,47 @@ class H1Client(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        self._closed(None)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _closed(self, exc: BaseException | None) -> None:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self.worker.loop.remove_reader(sock.fileno())
+        sock.close()
         self.worker.lost(self.slot, error_kind(exc))
+
+
+class RxClock:
+    """Receive times on CLOCK_MONOTONIC (the origin's clock), from the kernel's
+    software receive timestamps (``SO_TIMESTAMPING``, CLOCK_REALTIME: when the
+    data reached the socket), or from ``monotonic_ns()`` at the read when a read
+    carries none. The realtime-to-monotonic offset is sampled again by
+    :meth:`resync`, so clock adjustments during a run do not creep in."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.resync()
+
+    def resync(self) -> None:
+        # The closest pair of three samples bounds the error by one clock read.
+        best = None
+        for _ in range(3):
+            before = time.monotonic_ns()
+            real = time.time_ns()
+            after = time.monotonic_ns()
+            if best is None or after - before < best[0]:
+                best = (after - before, real - (before + after) // 2)
+        assert best is not None
+        self.offset = best[1]
+
+    def receive_time(self, ancillary: list[tuple[int, int, bytes]]) -> int:
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPING and len(payload) >= 16:
+                seconds: int
+                nanoseconds: int
+                seconds, nanoseconds = TIMESPEC.unpack_from(payload)
+                if seconds or nanoseconds:
+                    return seconds * 1_000_000_000 + nanoseconds - self.offset
+        return monotonic_ns()
