@@ -81,6 +81,7 @@ class Subscriber:
         "sending_since",
         "sent_bytes",
         "sent_events",
+        "swept_events",
     )
 
     def __init__(self, limits: QueueLimits, *, beat_interval_s: float) -> None:
@@ -93,6 +94,7 @@ class Subscriber:
         self.close_reason: CloseReason | None = None
         self.dropped = 0
         self.sent_events = 0
+        self.swept_events = 0  # sent_events at the housekeeper's last sweep
         self.sent_bytes = 0
         self.beat_interval_s = beat_interval_s
         self.last_write_at = time.monotonic()
@@ -271,6 +273,11 @@ class Housekeeper:
             sending_since = subscriber.sending_since
             if sending_since and sending_since < deadline:
                 subscriber.abort(CloseReason.SEND_TIMEOUT)
+            elif subscriber.sent_events != subscriber.swept_events:
+                # Written since the last sweep. Fast-path writes do not stamp
+                # last_write_at (a clock read per delivery); this does, once a tick.
+                subscriber.swept_events = subscriber.sent_events
+                subscriber.last_write_at = now
             elif now - subscriber.last_write_at >= subscriber.beat_interval_s:
                 subscriber.offer_heartbeat()
 

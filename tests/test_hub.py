@@ -116,6 +116,32 @@ def test_housekeeper_beats_idle_and_aborts_stuck_senders() -> None:
     assert list(busy.queue) == [b"queued"]  # something is already on its way
 
 
+def test_a_stream_written_on_the_fast_path_gets_no_heartbeat() -> None:
+    now = [1000.0]
+    keeper = Housekeeper(send_timeout_s=5.0, clock=lambda: now[0])
+    written: list[bytes] = []
+    busy, idle = make(Policy.DISCONNECT), make(Policy.DISCONNECT)
+
+    def take_every_write(frame: bytes) -> bool:
+        written.append(frame)
+        return True
+
+    busy.direct = take_every_write
+    for sub in (busy, idle):
+        sub.last_write_at = 1000.0
+        keeper.register(sub)
+    for second in range(1, 31):  # an event a second for 30 s, each written at once
+        now[0] = 1000.0 + second
+        busy.offer(b"event")
+        keeper.sweep()
+    assert len(written) == 30
+    assert not busy.queue  # no heartbeat was ever needed
+    assert list(idle.queue) == [HEARTBEAT]
+    now[0] = 1031.0 + 15.0  # the busy stream falls silent: heartbeats resume
+    keeper.sweep()
+    assert list(busy.queue) == [HEARTBEAT]
+
+
 @pytest.mark.parametrize("policy", list(Policy))
 def test_closed_subscriber_is_never_written(policy: Policy) -> None:
     sub = make(policy)
