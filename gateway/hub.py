@@ -5,7 +5,7 @@ encoded to ``bytes`` once and the same object is offered to every
 :class:`Subscriber` (the events of one upstream read together, joined once:
 ``offer_many``). ``offer`` never awaits and never blocks: while nothing is
 queued and the connection's socket takes it, the frame is written at once
-(the fast path, see :class:`gateway.hyperglue.DirectH11Writer`); otherwise it
+(the fast path, see :mod:`gateway.hyperglue.connection`); otherwise it
 goes to a bounded per-subscriber queue and wakes that subscriber's writer,
 which drains everything queued in one send. When a queue is full the topic's
 slow-consumer policy decides:

@@ -26,7 +26,7 @@ from functools import partial
 from gateway import sse
 from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.hub import CloseReason, Housekeeper, Subscriber
-from gateway.hyperglue import Connection, DirectH11Writer, connection_of, on_disconnect
+from gateway.hyperglue import Connection, DirectWriter, connection_of, on_disconnect
 from gateway.logs import fields
 from gateway.metrics import OFF, Metrics
 
@@ -93,7 +93,7 @@ async def run_stream(
     if not on_disconnect(receive, subscriber.client_gone):
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscriber))
     started = time.monotonic()
-    direct: DirectH11Writer | None = None
+    direct: DirectWriter | None = None
     protocol = f"HTTP/{scope.get('http_version', '?')}"
     lag = metrics.lag if metrics is not None else OFF
     dropped = metrics.dropped if metrics is not None else OFF
@@ -108,10 +108,8 @@ async def run_stream(
         await _send_prelude(subscriber, send, prelude)
         del prelude
         subscriber.last_write_at = time.monotonic()
-        if connection is not None and not connection.http2:
-            direct = DirectH11Writer(
-                connection.transport, connection.transport.get_write_buffer_limits()[1]
-            )
+        if connection is not None:
+            direct = connection.direct_writer()
             subscriber.direct = direct
         # The writer: whatever is queued, all of it in one send, until closed.
         # Inline, not a helper coroutine: every frame of this task lives as

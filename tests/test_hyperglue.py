@@ -14,8 +14,15 @@ import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from gateway import hyperglue
 from gateway.asgi import Receive, Scope, Send
-from gateway.hyperglue import Connection, DirectH11Writer, chunk_of, connection_of
+from gateway.hyperglue import (
+    Connection,
+    DirectH2Writer,
+    DirectH11Writer,
+    chunk_of,
+    connection_of,
+)
 from tests.support.clients import RawSSEClient
 
 found: dict[str, Connection | None] = {}
@@ -26,6 +33,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["path"] == "/direct":
         await direct_app(send)
+        return
+    if scope["path"] == "/direct2":
+        await direct_h2_app(send)
         return
     found[scope["path"]] = connection_of(send)
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -51,8 +61,37 @@ async def direct_app(send: Send) -> None:
     await send({"type": "http.response.body", "body": b"last", "more_body": False})
 
 
+h2_results: dict[str, object] = {}
+
+
+async def direct_h2_app(send: Send) -> None:
+    """DATA frames handed straight to h2 between ASGI sends, and every case in
+    which the writer must refuse (the frame then goes through ASGI)."""
+    connection = connection_of(send)
+    assert connection is not None
+    assert connection.http2
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    writer = connection.direct_writer()
+    assert isinstance(writer, DirectH2Writer)
+    pending = asyncio.ensure_future(
+        send({"type": "http.response.body", "body": b"first;", "more_body": True})
+    )
+    await asyncio.sleep(0)  # "first;" is in hypercorn's stream buffer, not sent yet
+    h2_results["refused_while_buffered"] = not writer(b"early;")
+    await pending
+    async with asyncio.timeout(5):
+        # polled: nothing signals that hypercorn's sender has sent "first;"
+        while not writer(b"a;"):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    assert writer(b"b;")
+    h2_results["refused_too_big"] = not writer(b"x" * 20_000)  # > one frame (16,384)
+    h2_results["written"] = writer.written
+    await send({"type": "http.response.body", "body": b"last", "more_body": False})
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
+    hyperglue.install()  # as the gateway runs: GuardedH2Protocol batches the writes
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
@@ -144,4 +183,68 @@ async def test_direct_writes_keep_http11_framing_and_keep_alive(port: int) -> No
         assert b"transfer-encoding: chunked" in head.lower()
         body = await asyncio.wait_for(reader.readexactly(len(expected_body)), 5)
         assert body == expected_body
+    writer.close()
+
+
+async def h2_get(
+    port: int, path: str, *, window: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, h2.connection.H2Connection]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    if window is not None:
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    conn.send_headers(
+        1,
+        [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")],
+        end_stream=True,
+    )
+    writer.write(conn.data_to_send())
+    return reader, writer, conn
+
+
+async def test_direct_h2_writes_keep_order_flow_control_and_the_end_of_stream(port: int) -> None:
+    reader, writer, conn = await h2_get(port, "/direct2")
+    body = b""
+    frames: list[bytes] = []
+    ended = False
+    async with asyncio.timeout(5):
+        while not ended:
+            data = await reader.read(65536)
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id == 1:
+                    body += event.data
+                    frames.append(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+            writer.write(conn.data_to_send())
+    assert body == b"first;a;b;last"
+    assert b"a;" in frames  # a DATA frame of its own, not re-buffered by hypercorn
+    assert h2_results == {"refused_while_buffered": True, "refused_too_big": True, "written": 4}
+    writer.close()
+
+
+async def test_direct_h2_writer_respects_the_clients_window_and_resets(port: int) -> None:
+    found.clear()
+    reader, writer, conn = await h2_get(port, "/window", window=8)
+    async with asyncio.timeout(5):
+        got = b""
+        while b"hello" not in got:  # the app's 5 bytes fit the 8-byte window
+            for event in conn.receive_data(await reader.read(65536)):
+                if isinstance(event, h2.events.DataReceived):
+                    got += event.data
+            writer.write(conn.data_to_send())
+    connection = found["/window"]
+    assert connection is not None
+    direct = connection.direct_writer()
+    assert isinstance(direct, DirectH2Writer)
+    assert not direct(b"1234")  # 3 bytes of window left
+    assert direct(b"123")
+    assert not direct(b"4")  # window exhausted: the queue and hypercorn take over
+    conn.reset_stream(1)
+    writer.write(conn.data_to_send())
+    await asyncio.sleep(0.1)
+    assert not direct(b"after reset")  # refused, no exception
     writer.close()

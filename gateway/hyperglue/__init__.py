@@ -7,8 +7,9 @@ fails loudly instead of silently.
 
 - :mod:`.connection`: from an ASGI ``send`` to the transport, to abort a
   request whose client stopped reading (:class:`Connection`) and to write
-  chunk-framed frames straight to an HTTP/1.1 socket (:class:`DirectH11Writer`,
-  the fan-out fast path).
+  frames straight to the socket, chunk-framed on HTTP/1.1
+  (:class:`DirectH11Writer`) or as DATA frames through the connection's h2
+  state on HTTP/2 (:class:`DirectH2Writer`): the fan-out fast path.
 - :mod:`.config`: hypercorn's config plus a TLS context the gateway owns.
 - :mod:`.h2guard`: :class:`GuardedH2Protocol`, HTTP/2 under the gateway's
   limits (Rapid Reset budget, header list size, zero-window backpressure).
@@ -19,7 +20,14 @@ fails loudly instead of silently.
 """
 
 from gateway.hyperglue.config import GatewayHypercornConfig
-from gateway.hyperglue.connection import Connection, DirectH11Writer, chunk_of, connection_of
+from gateway.hyperglue.connection import (
+    Connection,
+    DirectH2Writer,
+    DirectH11Writer,
+    DirectWriter,
+    chunk_of,
+    connection_of,
+)
 from gateway.hyperglue.h2guard import (
     GuardedH2Protocol,
     H2Limits,
@@ -45,7 +53,9 @@ def install() -> None:
 __all__ = [
     "AppQueue",
     "Connection",
+    "DirectH2Writer",
     "DirectH11Writer",
+    "DirectWriter",
     "GatewayHypercornConfig",
     "GuardedH2Protocol",
     "H2Limits",
