@@ -45,7 +45,7 @@ import uvloop
 
 from benchmarks import stats
 from benchmarks.proc import IP_BIND_ADDRESS_NO_PORT, child_setup, self_cpu_seconds
-from benchmarks.sseclient import H1Client, RxClock, Slot, Tracker, error_kind
+from benchmarks.sseclient import READ_BYTES, H1Client, RxClock, Slot, Tracker, error_kind
 
 MAX_CLIENTS_PER_WORKER = 15000
 # Deferred parsing runs once no read came for this long (checked this often).
@@ -90,6 +90,8 @@ class Worker:
             [] if self.feedback is None else None
         )
         self.rx_clock = RxClock()
+        self.read_view = memoryview(bytearray(READ_BYTES))  # every client reads into it
+        self.read_into = [self.read_view]
         self.loop.call_later(IDLE_CHECK_S, self._tick)
         self.seq_counts: dict[int, int] = {}
         self.complete: set[int] = set()

@@ -168,17 +168,20 @@ class H1Client:
         sock = self.sock
         if sock is None:
             return
+        worker = self.worker
         try:
-            data, ancillary, _, _ = sock.recvmsg(READ_BYTES, TIMESTAMP_CMSG_SPACE)
+            # Into the worker's one buffer: recvmsg(65536) would allocate 64 KiB per read.
+            size, ancillary, _, _ = sock.recvmsg_into(worker.read_into, TIMESTAMP_CMSG_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._closed(exc)
             return
-        if not data:
+        if not size:
             self._closed(None)
             return
-        self.data_received(data, self.worker.rx_clock.receive_time(ancillary))
+        data = worker.read_view[:size].tobytes()
+        self.data_received(data, worker.rx_clock.receive_time(ancillary))
 
     def data_received(self, data: bytes, now: int) -> None:
         if self.failed:

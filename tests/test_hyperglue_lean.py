@@ -5,6 +5,8 @@ hypercorn 0.18 serving with them installed, over HTTP/1.1 and HTTP/2."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import inspect
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,8 +18,11 @@ import hypercorn.asyncio.run
 import hypercorn.asyncio.tcp_server
 import pytest
 from hypercorn.asyncio import serve
+from hypercorn.asyncio.task_group import TaskGroup
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 
 from gateway import hyperglue
 from gateway.asgi import Receive, Scope, Send
@@ -180,6 +185,32 @@ def test_install_puts_them_where_hypercorn_looks() -> None:
     assert vars(hypercorn.asyncio.run)["TCPServer"] is LeanTCPServer
     assert vars(hypercorn.asyncio.tcp_server)["TaskGroup"] is LeanTaskGroup
     assert WorkerContext.event_class is LeanEvent
+
+
+def test_lean_replacements_still_fit_hypercorn() -> None:
+    """If hypercorn moves what lean.py replaces, fail here, not silently fall
+    back to the heavier objects (or break)."""
+    assert importlib.metadata.version("hypercorn") == "0.18.0"
+    callback = next(
+        const
+        for const in hypercorn.asyncio.run.worker_serve.__code__.co_consts
+        if inspect.iscode(const) and const.co_name == "_server_callback"
+    )
+    assert "TCPServer" in callback.co_names  # looked up in hypercorn.asyncio.run
+    assert "TaskGroup" in TCPServer.run.__code__.co_names  # in hypercorn.asyncio.tcp_server
+    assert "event_class" in H11Protocol.__init__.__code__.co_names
+    assert "Queue" in TaskGroup.spawn_app.__code__.co_names  # what AppQueue replaces
+    assert list(inspect.signature(TCPServer.__init__).parameters) == [
+        "self",
+        "app",
+        "loop",
+        "config",
+        "context",
+        "state",
+        "reader",
+        "writer",
+    ]
+    assert "_read_data" in TCPServer.run.__code__.co_names
 
 
 async def test_http11_disconnect_reaches_the_callback(port: int) -> None:
