@@ -39,6 +39,7 @@ def full_runs() -> list[Run]:
     runs += [
         ("backend_load", ["--clients", "10000", "--duration", "5", *pin]),
         ("connect_storm", ["--clients", "10000", *pin]),
+        ("storm_floor", ["--clients", "10000", *pin]),
     ]
     for rate in ("10", "max"):
         h2 = ["--streams", "1000", "--connections", "10", "--rate", rate, "--duration", "10"]
@@ -56,6 +57,7 @@ def smoke_runs() -> list[Run]:
         ("peer_nchan", [*small, "--rate", "max"]),
         ("backend_load", small),
         ("connect_storm", ["--clients", "50", "--hold", "1"]),
+        ("storm_floor", ["--clients", "50"]),
         (
             "h2_streams",
             ["--streams", "20", "--connections", "2", "--rate", "10", "--duration", "1.5"],

@@ -5,6 +5,8 @@
   above the client count) on a socket we bound and pass as ``fd://N``.
 - ``floor``: :mod:`benchmarks.floor`'s raw uvloop fan-out server, same socket
   passing, same origin.
+- ``bare_hypercorn``: :mod:`benchmarks.bare_hypercorn`, hypercorn serving the
+  smallest SSE response (the connect-storm floor for a hypercorn app).
 - ``nchan``: nginx with the nchan module, ``daemon off; master_process off;
   worker_processes 1;`` so the one process is the whole server, configured in
   a temp dir (its own pid file, error log and temp paths). Publishing is by
@@ -78,6 +80,23 @@ def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None, clients: in
         # The child has its own copy; without ours a dead gateway refuses connections.
         sock.close()
     server = Server("gateway", child, HOST, port, "/bench")
+    try:
+        wait_http_ok(child, HOST, port, "/healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_bare_hypercorn(tmp: Path, *, cpu: int | None) -> Server:
+    sock = listen_socket(HOST)
+    try:
+        port = int(sock.getsockname()[1])
+        argv = [sys.executable, "-m", "benchmarks.bare_hypercorn", "--serve-fd", str(sock.fileno())]
+        child = Child(argv, log_path=tmp / "bare.log", cpu=cpu, pass_fds=[sock.fileno()])
+    finally:
+        sock.close()
+    server = Server("bare_hypercorn", child, HOST, port, "/bench")
     try:
         wait_http_ok(child, HOST, port, "/healthz")
     except BaseException:
