@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,68 +67,59 @@ def gateway_config(fd: int, upstream_url: str, clients: int) -> dict[str, object
     return config
 
 
-def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None, clients: int) -> Server:
+def _serve_on_socket(
+    tmp: Path, name: str, argv_for: Callable[[int], list[str]], *, cpu: int | None
+) -> Server:
+    """Bind a listening socket, start ``argv_for(fd)`` with it, wait for /healthz."""
     sock = listen_socket(HOST)
     try:
         port = int(sock.getsockname()[1])
-        config_path = tmp / "gateway.yaml"
-        upstream = f"http://{HOST}:{upstream_port}/stream"
-        config = gateway_config(sock.fileno(), upstream, clients)
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        argv = [sys.executable, "-m", "gateway", "run", "--config", str(config_path)]
-        child = Child(argv, log_path=tmp / "gateway.log", cpu=cpu, pass_fds=[sock.fileno()])
+        child = Child(
+            argv_for(sock.fileno()), log_path=tmp / f"{name}.log", cpu=cpu, pass_fds=[sock.fileno()]
+        )
     finally:
-        # The child has its own copy; without ours a dead gateway refuses connections.
+        # The child has its own copy; without ours a dead server refuses connections.
         sock.close()
-    server = Server("gateway", child, HOST, port, "/bench")
+    server = Server(name, child, HOST, port, "/bench")
     try:
         wait_http_ok(child, HOST, port, "/healthz")
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None, clients: int) -> Server:
+    def argv_for(fd: int) -> list[str]:
+        config_path = tmp / "gateway.yaml"
+        config = gateway_config(fd, f"http://{HOST}:{upstream_port}/stream", clients)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return [sys.executable, "-m", "gateway", "run", "--config", str(config_path)]
+
+    return _serve_on_socket(tmp, "gateway", argv_for, cpu=cpu)
 
 
 def start_bare_hypercorn(tmp: Path, *, cpu: int | None) -> Server:
-    sock = listen_socket(HOST)
-    try:
-        port = int(sock.getsockname()[1])
-        argv = [sys.executable, "-m", "benchmarks.bare_hypercorn", "--serve-fd", str(sock.fileno())]
-        child = Child(argv, log_path=tmp / "bare.log", cpu=cpu, pass_fds=[sock.fileno()])
-    finally:
-        sock.close()
-    server = Server("bare_hypercorn", child, HOST, port, "/bench")
-    try:
-        wait_http_ok(child, HOST, port, "/healthz")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    def argv_for(fd: int) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.bare_hypercorn", "--serve-fd", str(fd)]
+
+    return _serve_on_socket(tmp, "bare_hypercorn", argv_for, cpu=cpu)
 
 
 def start_floor(tmp: Path, *, upstream_port: int, cpu: int | None) -> Server:
-    sock = listen_socket(HOST)
-    try:
-        port = int(sock.getsockname()[1])
-        argv = [
+    def argv_for(fd: int) -> list[str]:
+        upstream = f"{HOST}:{upstream_port}"
+        return [
             sys.executable,
             "-m",
             "benchmarks.floor",
             "--serve-fd",
-            str(sock.fileno()),
+            str(fd),
             "--upstream",
-            f"{HOST}:{upstream_port}",
+            upstream,
         ]
-        child = Child(argv, log_path=tmp / "floor.log", cpu=cpu, pass_fds=[sock.fileno()])
-    finally:
-        sock.close()
-    server = Server("floor", child, HOST, port, "/bench")
-    try:
-        wait_http_ok(child, HOST, port, "/healthz")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+
+    return _serve_on_socket(tmp, "floor", argv_for, cpu=cpu)
 
 
 def nchan_available() -> bool:
