@@ -10,19 +10,27 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.app import GatewayApp
+from gateway.hyperglue import lean_requests_installed
 from tests.support.clients import RawSSEClient, open_sse
 from tests.support.inprocess import serve_inprocess
 from tests.support.upstream import FakeUpstream
 
 
-@pytest.fixture
-async def inprocess(upstream: FakeUpstream) -> AsyncIterator[tuple[GatewayApp, int]]:
+@pytest.fixture(params=["lean", "plain_hypercorn"])
+async def inprocess(
+    upstream: FakeUpstream, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[GatewayApp, int]]:
+    """As the gateway runs (hyperglue's lighter per-request objects: a callback
+    notices ``http.disconnect``), and on hypercorn's own objects (a task waits
+    for it): both must free everything."""
     config = (
         "topics:\n"
         f"  - {{name: t, path: /t, upstream: '{upstream.url('/t')}', linger_s: 0.2}}\n"
         f"  - {{name: o, path: '/o/{{id}}', upstream: '{upstream.url('/o/{id}')}'}}\n"
     )
-    async with serve_inprocess(config) as served:
+    lean = request.param == "lean"
+    async with serve_inprocess(config, lean=lean) as served:
+        assert lean_requests_installed() is lean
         yield served
 
 

@@ -5,18 +5,51 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
+import hypercorn.asyncio.run
+import hypercorn.asyncio.tcp_server
 from hypercorn.asyncio import serve
+from hypercorn.asyncio.task_group import TaskGroup
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import EventWrapper, WorkerContext
 from hypercorn.config import Config
 
+from gateway import hyperglue
 from gateway.app import GatewayApp
 from gateway.config import parse_config
 
 
+@contextmanager
+def hypercorn_objects(*, lean: bool) -> Iterator[None]:
+    """hypercorn with the gateway's lighter per-request objects, as the gateway
+    runs (``lean``), or with hypercorn's own for the duration (the fallbacks,
+    e.g. a task waiting for ``http.disconnect``, then serve)."""
+    hyperglue.install()
+    if lean:
+        yield
+        return
+    vars(hypercorn.asyncio.run)["TCPServer"] = TCPServer
+    vars(hypercorn.asyncio.tcp_server)["TaskGroup"] = TaskGroup
+    WorkerContext.event_class = EventWrapper
+    try:
+        yield
+    finally:
+        hyperglue.install()
+
+
 @asynccontextmanager
-async def serve_inprocess(config_yaml: str) -> AsyncIterator[tuple[GatewayApp, int]]:
+async def serve_inprocess(
+    config_yaml: str, *, lean: bool = True
+) -> AsyncIterator[tuple[GatewayApp, int]]:
+    with hypercorn_objects(lean=lean):
+        async with _serve(config_yaml) as served:
+            yield served
+
+
+@asynccontextmanager
+async def _serve(config_yaml: str) -> AsyncIterator[tuple[GatewayApp, int]]:
     app = GatewayApp(parse_config(config_yaml))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
