@@ -67,6 +67,16 @@ def gateway_config(fd: int, upstream_url: str, clients: int) -> dict[str, object
     return config
 
 
+def _ready(server: Server) -> Server:
+    """``server`` once its /healthz answers; stopped if it never does."""
+    try:
+        wait_http_ok(server.child, server.host, server.port, "/healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def _serve_on_socket(
     tmp: Path, name: str, argv_for: Callable[[int], list[str]], *, cpu: int | None
 ) -> Server:
@@ -81,12 +91,7 @@ def _serve_on_socket(
         # The child has its own copy; without ours a dead server refuses connections.
         sock.close()
     server = Server(name, child, HOST, port, "/bench")
-    try:
-        wait_http_ok(child, HOST, port, "/healthz")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _ready(server)
 
 
 def start_gateway(tmp: Path, *, upstream_port: int, cpu: int | None, clients: int) -> Server:
@@ -175,9 +180,4 @@ def start_nchan(tmp: Path, *, cpu: int | None) -> Server:
     # Its stderr and its error log in one file, so a failed start shows why.
     child = Child(argv, log_path=tmp / "error.log", cpu=cpu)
     server = Server("nchan", child, HOST, port, "/sub")
-    try:
-        wait_http_ok(child, HOST, port, "/healthz")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _ready(server)

@@ -65,6 +65,17 @@ def config(upstream: FakeUpstream, page_file: Path, **server: Any) -> dict[str, 
     }
 
 
+def tls_gateway(
+    upstream: FakeUpstream, page_file: Path, tmp_path: Path, **stream: Any
+) -> TLSGatewayProcess:
+    """The gateway on HTTPS (ALPN h2) with a fresh test CA, serving the page."""
+    certs = Certificates.issue(tmp_path / "tls")
+    tls = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file)}
+    settings = config(upstream, page_file, tls=tls)
+    settings["stream"].update(stream)
+    return TLSGatewayProcess(settings, tmp_path=tmp_path, client_context=certs.client_context())
+
+
 @asynccontextmanager
 async def browser_page() -> AsyncIterator[tuple[Page, list[dict[str, Any]]]]:
     """A page in a fresh Chromium, and the CDP Network.responseReceived events it causes."""
@@ -103,13 +114,7 @@ def event_source_responses(responses: list[dict[str, Any]]) -> list[dict[str, An
 async def test_https_h2_page_opens_20_event_sources_on_one_connection(
     upstream: FakeUpstream, tmp_path: Path, page_file: Path
 ) -> None:
-    certs = Certificates.issue(tmp_path / "tls")
-    tls = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file)}
-    gateway = TLSGatewayProcess(
-        config(upstream, page_file, tls=tls),
-        tmp_path=tmp_path,
-        client_context=certs.client_context(),
-    )
+    gateway = tls_gateway(upstream, page_file, tmp_path)
     await gateway.start()
     try:
         async with browser_page() as (page, responses):
@@ -194,13 +199,7 @@ async def test_http11_page_hits_the_six_connection_limit_and_mux_avoids_it(
 async def test_a_dropped_connection_resumes_with_the_exact_sequence(
     upstream: FakeUpstream, tmp_path: Path, page_file: Path
 ) -> None:
-    certs = Certificates.issue(tmp_path / "tls")
-    tls = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file)}
-    gateway = TLSGatewayProcess(
-        config(upstream, page_file, tls=tls),
-        tmp_path=tmp_path,
-        client_context=certs.client_context(),
-    )
+    gateway = tls_gateway(upstream, page_file, tmp_path)
     await gateway.start()
     proxy = TCPProxy(gateway.host, gateway.port)
     await proxy.start()
@@ -284,11 +283,7 @@ async def test_a_restarted_gateway_resumes_or_says_gap(
 async def test_heartbeats_keep_an_idle_stream_open(
     upstream: FakeUpstream, tmp_path: Path, page_file: Path
 ) -> None:
-    certs = Certificates.issue(tmp_path / "tls")
-    tls = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file)}
-    settings = config(upstream, page_file, tls=tls)
-    settings["stream"]["heartbeat_s"] = 5.0
-    gateway = TLSGatewayProcess(settings, tmp_path=tmp_path, client_context=certs.client_context())
+    gateway = tls_gateway(upstream, page_file, tmp_path, heartbeat_s=5.0)
     await gateway.start()
     proxy = TCPProxy(gateway.host, gateway.port)
     await proxy.start()

@@ -4,17 +4,13 @@ if an upgrade moves the internals it reaches into, these fail."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
-from gateway import hyperglue
 from gateway.asgi import Receive, Scope, Send
 from gateway.hyperglue import (
     Connection,
@@ -25,6 +21,7 @@ from gateway.hyperglue import (
 )
 from gateway.hyperglue.h2guard import _transport_of
 from tests.support.clients import RawSSEClient
+from tests.support.inprocess import hypercorn_objects, serve_asgi
 
 found: dict[str, Connection | None] = {}
 
@@ -93,21 +90,10 @@ async def direct_h2_app(send: Send) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    hyperglue.install()  # as the gateway runs: GuardedH2Protocol batches the writes
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = None
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    await asyncio.sleep(0.2)
     found.clear()
-    yield sock.getsockname()[1]
-    stop.set()
-    await asyncio.wait_for(server, 10)
-    sock.detach()
+    with hypercorn_objects(lean=True):  # as the gateway runs: GuardedH2Protocol batches the writes
+        async with serve_asgi(app) as bound:
+            yield bound
 
 
 async def test_http11_abort_resets_the_connection(port: int) -> None:

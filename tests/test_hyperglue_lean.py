@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import inspect
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,17 +16,16 @@ import h2.events
 import hypercorn.asyncio.run
 import hypercorn.asyncio.tcp_server
 import pytest
-from hypercorn.asyncio import serve
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
 
 from gateway import hyperglue
 from gateway.asgi import Receive, Scope, Send
 from gateway.hyperglue import AppQueue, LeanEvent, on_disconnect
 from gateway.hyperglue.lean import LeanTaskGroup, LeanTCPServer, lean_requests_installed
+from tests.support.inprocess import hypercorn_objects, serve_asgi
 
 # -- the replacements alone ------------------------------------------------------------------
 
@@ -157,22 +155,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    hyperglue.install()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = None
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    await asyncio.sleep(0.2)
     seen.clear()
     flags.clear()
-    yield sock.getsockname()[1]
-    stop.set()
-    await asyncio.wait_for(server, 10)
-    sock.detach()
+    with hypercorn_objects(lean=True):
+        async with serve_asgi(app) as bound:
+            yield bound
 
 
 async def wait_for_flag(name: str, timeout: float = 5.0) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import hypercorn.asyncio.run
 import hypercorn.asyncio.tcp_server
@@ -43,31 +44,35 @@ def hypercorn_objects(*, lean: bool) -> Iterator[None]:
 async def serve_inprocess(
     config_yaml: str, *, lean: bool = True
 ) -> AsyncIterator[tuple[GatewayApp, int]]:
+    app = GatewayApp(parse_config(config_yaml))
     with hypercorn_objects(lean=lean):
-        async with _serve(config_yaml) as served:
-            yield served
+        async with serve_asgi(app) as port:
+            for _ in range(250):
+                if app.ready:
+                    break
+                await asyncio.sleep(0.02)
+            try:
+                yield app, port
+            finally:
+                app.begin_shutdown()
 
 
 @asynccontextmanager
-async def _serve(config_yaml: str) -> AsyncIterator[tuple[GatewayApp, int]]:
-    app = GatewayApp(parse_config(config_yaml))
+async def serve_asgi(app: Any) -> AsyncIterator[int]:
+    """Serve an ASGI application with hypercorn in this event loop on a free
+    loopback port (already listening when this yields); stop it afterwards."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     port: int = sock.getsockname()[1]
-    hc = Config()
-    hc.bind = [f"fd://{sock.fileno()}"]
-    hc.accesslog = None
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
     stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    for _ in range(250):
-        if app.ready:
-            break
-        await asyncio.sleep(0.02)
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     try:
-        yield app, port
+        yield port
     finally:
-        app.begin_shutdown()
         stop.set()
         await asyncio.wait_for(server, 10)
         sock.detach()  # hypercorn owned and closed the descriptor
