@@ -156,7 +156,6 @@ class GatewayApp:
             for subscriber in list(channel.mux_subscribers):
                 channel.detach(subscriber)
                 subscriber.offer(gap_frame(channel.path, "removed", None))
-            channel.subscribers.clear()
 
     def _end_stream(
         self, subscriber: Subscriber, reason: CloseReason = CloseReason.SHUTDOWN

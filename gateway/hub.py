@@ -173,6 +173,7 @@ class Subscriber:
     def offer_heartbeat(self) -> None:
         """A comment for an idle stream; skipped when anything is already queued."""
         if not self.queue and not self.sending_since and not self.closed:
+            self.queued_at = time.monotonic()
             self.queue.append(HEARTBEAT)
             self.queued_bytes += len(HEARTBEAT)
             self._wake()
@@ -181,7 +182,8 @@ class Subscriber:
         """Everything queued, as one buffer for one send."""
         queue = self.queue
         data = queue[0] if len(queue) == 1 else b"".join(queue)
-        self.sent_events += len(queue)
+        # A heartbeat is only ever queued alone, first; it is not an event.
+        self.sent_events += len(queue) - (queue[0] is HEARTBEAT)
         queue.clear()
         self.queued_bytes = 0
         return data

@@ -15,7 +15,8 @@ REDACTED = "[redacted]"
 def redact_url(url: str) -> str:
     """``url`` without userinfo and with the query replaced by a marker."""
     parts = urlsplit(url)
-    netloc = parts.hostname or ""
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host  # IPv6 keeps its brackets
     if parts.port is not None:
         netloc = f"{netloc}:{parts.port}"
     query = REDACTED if parts.query else ""

@@ -115,7 +115,6 @@ class Entry:
     at: float
     mux_frame: bytes | None = None
     upstream_id: str | None = None
-    payload: tuple[str, str] | None = None  # (type, data) for duplicate detection
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,3 +149,14 @@ def test_closed_subscriber_is_never_written(policy: Policy) -> None:
     sub.offer(b"x")
     sub.offer_heartbeat()
     assert not sub.queue
+
+
+def test_a_heartbeat_is_not_counted_as_an_event() -> None:
+    sub = make(Policy.DISCONNECT)
+    sub.offer_heartbeat()
+    assert sub.queued_at > 0  # the writer's lag measure starts from here
+    assert sub.take() == HEARTBEAT
+    assert sub.sent_events == 0
+    sub.offer(b"event")
+    sub.take()
+    assert sub.sent_events == 1

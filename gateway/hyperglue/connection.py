@@ -128,6 +128,8 @@ class DirectH2Writer:
     - the transport's buffer is below ``limit``.
 
     Otherwise the frame goes through the queue and the ASGI send, as before.
+    Under :class:`GuardedH2Protocol` (always, in the gateway) the bytes h2
+    produced are written at the end of this loop turn, once per connection.
     """
 
     __slots__ = (
